@@ -1,0 +1,93 @@
+"""Image-caption data in the COCO captions format (COCO Captions, Shapes World).
+
+One record per image holding all of its captions: training samples one caption per
+visit (``SampleCaption``), so one image never appears twice in a contrastive batch;
+evaluation keeps every caption as a reference (``gt_captions``).
+"""
+
+from __future__ import annotations
+
+import json
+import os.path as osp
+from collections import defaultdict
+from typing import Any
+
+from mmengine.dataset import BaseDataset
+
+from toolkit.registry import DATASETS
+
+__all__ = ['ImageCaptionDataset']
+
+
+def _resolve_inside(root: str, file_name: str, ann_file: str) -> str:
+    """Join ``file_name`` under ``root``, refusing absolute paths and ``..`` escapes."""
+    if osp.isabs(file_name) or '..' in file_name.replace('\\', '/').split('/'):
+        raise ValueError(f'{ann_file}: file_name {file_name!r} escapes the data root {root!r}')
+    return osp.join(root, file_name)
+
+
+@DATASETS.register_module()
+class ImageCaptionDataset(BaseDataset):
+    """Images with several captions each, read from a COCO captions JSON.
+
+    Args:
+        ann_file: COCO captions JSON (``images`` and ``annotations`` with ``image_id`` and
+            ``caption``), relative to ``data_root``.
+        data_root: Root of the data set copy; ``--cfg-options ...dataset.data_root=DIR``
+            retargets a config.
+        data_prefix: ``dict(img_path=...)``, the image folder relative to ``data_root``.
+        check_files: Check at build time that every image exists (a pre-flight scan, so a
+            missing file fails now, naming the file, not in the middle of an epoch).
+        **kwargs: Passed to ``mmengine.dataset.BaseDataset`` (``pipeline``, ``test_mode``,
+            ``indices``, ``serialize_data``, ...).
+    """
+
+    METAINFO: dict[str, Any] = dict(dataset_type='image_caption')
+
+    def __init__(self, *, ann_file: str, data_root: str = '', data_prefix: dict[str, str] | None = None,
+                 check_files: bool = True, **kwargs: Any) -> None:  # fmt: skip
+        self.check_files = check_files
+        super().__init__(
+            ann_file=ann_file, data_root=data_root, data_prefix=data_prefix or dict(img_path=''), **kwargs
+        )
+
+    def load_data_list(self) -> list[dict[str, Any]]:
+        if not osp.isfile(self.ann_file):
+            raise FileNotFoundError(f'annotation file {self.ann_file} does not exist')
+        with open(self.ann_file) as f:
+            try:
+                ann = json.load(f)
+            except json.JSONDecodeError as err:
+                raise ValueError(f'{self.ann_file}: not valid JSON ({err})') from None
+        for key in ('images', 'annotations'):
+            if not isinstance(ann.get(key), list):
+                raise ValueError(f'{self.ann_file}: missing list {key!r} (COCO captions format expected)')
+
+        captions: dict[int, list[str]] = defaultdict(list)
+        for i, record in enumerate(ann['annotations']):
+            if not isinstance(record.get('caption'), str) or 'image_id' not in record:
+                raise ValueError(f'{self.ann_file}: annotations[{i}] needs a string "caption" and an "image_id"')
+            captions[record['image_id']].append(record['caption'].strip())
+
+        img_root = self.data_prefix.get('img_path', '')
+        data_list = []
+        for i, image in enumerate(ann['images']):
+            if 'id' not in image or not isinstance(image.get('file_name'), str):
+                raise ValueError(f'{self.ann_file}: images[{i}] needs "id" and a string "file_name"')
+            if not captions.get(image['id']):
+                continue  # an image without captions has nothing to learn or evaluate
+            img_path = _resolve_inside(img_root, image['file_name'], self.ann_file)
+            if self.check_files and not osp.isfile(img_path):
+                raise FileNotFoundError(f'{self.ann_file}: image {img_path} (id {image["id"]}) does not exist')
+            data_list.append(dict(img_path=img_path, img_id=int(image['id']), captions=captions[image['id']]))
+        unknown = set(captions) - {image['id'] for image in ann['images']}
+        if unknown:
+            raise ValueError(f'{self.ann_file}: captions refer to unknown image ids {sorted(unknown)[:5]}')
+        if not data_list:
+            raise ValueError(f'{self.ann_file}: no image with captions')
+        return data_list
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(ann_file={self.ann_file!r}, images={len(self)})'
+
+

@@ -1,0 +1,179 @@
+"""Losses of MaMMUT pretraining: focal contrastive, InfoNCE and caption cross-entropy.
+
+Papers: Kim et al., "RO-ViT", CVPR 2023, Sec. 3.2 (focal contrastive loss: a sigmoid focal loss over every
+image-text pair of the batch, positives on the diagonal); Radford et al., "CLIP", ICML 2021 (symmetric softmax
+InfoNCE); Kuo et al., "MaMMUT", TMLR 2023, Sec. 3 (contrastive + captioning losses).
+
+Contrastive losses take L2-normalised ``img_emb`` (B, E) and ``txt_emb`` (B, E) plus the (exponentiated)
+``logit_scale`` and, for the sigmoid form, ``logit_bias``; the learned scale/bias live in the model. When
+``torch.distributed`` runs with world_size > 1 the embeddings of all processes are gathered WITH gradients
+(``torch.distributed.nn.functional.all_gather``) and each process scores its B local rows against the B_global
+columns, positives at column ``rank * B + i`` (all processes must use the same local batch size).
+
+Focal contrastive normalisation (our choice, as SigLIP): the focal terms of all B x B_global pairs are summed
+and divided by the local batch size B; the image-to-text and text-to-image losses are averaged. RO-ViT's
+equation has no class-balance weight; ``alpha`` (RetinaNet convention: weight ``alpha`` on positives and
+``1 - alpha`` on negatives) is optional and off (``None``) by default.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from toolkit.registry import MODELS
+
+__all__ = [
+    'CaptionCrossEntropyLoss',
+    'FocalContrastiveLoss',
+    'InfoNCELoss',
+    'contrastive_logits',
+    'gather_with_grad',
+    'sigmoid_focal_loss',
+]
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(features: Tensor) -> Tensor:
+    """Concatenate ``features`` (B, E) of all processes -> (B * world, E), gradients flowing back to each."""
+    _, world_size = _world()
+    if world_size == 1:
+        return features
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(features.contiguous()), dim=0)
+
+
+def contrastive_logits(
+    img_emb: Tensor, txt_emb: Tensor, logit_scale: Tensor | float, logit_bias: Tensor | float | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Local-vs-global logits in float32.
+
+    Returns ``logits_i2t`` (B, B_global), ``logits_t2i`` (B, B_global) and the positive column of each row
+    ``labels`` (B,) = ``rank * B + arange(B)``.
+    """
+    rank, _ = _world()
+    img_emb, txt_emb = img_emb.float(), txt_emb.float()
+    img_all, txt_all = gather_with_grad(img_emb), gather_with_grad(txt_emb)
+    with torch.autocast(device_type=img_emb.device.type, enabled=False):
+        scale = logit_scale.float() if isinstance(logit_scale, Tensor) else logit_scale
+        logits_i2t = scale * img_emb @ txt_all.t()
+        logits_t2i = scale * txt_emb @ img_all.t()
+        if logit_bias is not None:
+            bias = logit_bias.float() if isinstance(logit_bias, Tensor) else logit_bias
+            logits_i2t = logits_i2t + bias
+            logits_t2i = logits_t2i + bias
+    labels = torch.arange(img_emb.shape[0], device=img_emb.device) + rank * img_emb.shape[0]
+    return logits_i2t, logits_t2i, labels
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, *, alpha: float | None = None, gamma: float = 2.0) -> Tensor:
+    """Element-wise sigmoid focal loss ``-alpha_t (1 - p_t)^gamma log p_t``, computed in float32.
+
+    Uses ``log p_t = logsigmoid(s * x)`` and ``(1 - p_t)^gamma = exp(gamma * logsigmoid(-s * x))`` with
+    ``s = 2 * target - 1``, so it is finite for any finite logit (e.g. +-1e4) and under bf16 autocast.
+    """
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        logits, targets = logits.float(), targets.float()
+        sign = 2.0 * targets - 1.0
+        log_pt = F.logsigmoid(sign * logits)
+        loss = -log_pt
+        if gamma != 0:
+            loss = loss * torch.exp(gamma * F.logsigmoid(-sign * logits))
+        if alpha is not None:
+            loss = loss * (alpha * targets + (1.0 - alpha) * (1.0 - targets))
+        return loss
+
+
+@MODELS.register_module()
+class FocalContrastiveLoss(nn.Module):
+    """RO-ViT's focal contrastive loss: sigmoid focal loss over all pairs, identity positives.
+
+    Args:
+        alpha: class-balance weight on positives (``1 - alpha`` on negatives); ``None`` for none.
+        gamma: focusing parameter; ``gamma=0, alpha=None`` is the plain sigmoid (SigLIP) loss.
+        loss_weight: multiplier of the returned loss.
+
+    ``forward(img_emb (B, E), txt_emb (B, E), logit_scale, logit_bias)`` -> scalar.
+    """
+
+    uses_bias = True
+
+    def __init__(self, *, alpha: float | None = None, gamma: float = 2.0, loss_weight: float = 1.0) -> None:
+        super().__init__()
+        if alpha is not None and not 0.0 <= alpha <= 1.0:
+            raise ValueError(f'alpha must be in [0, 1] or None, got {alpha}')
+        self.alpha = alpha
+        self.gamma = gamma
+        self.loss_weight = loss_weight
+
+    def loss_from_logits(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Focal loss of ``logits`` (B, B_global) with one positive per row at ``labels`` (B,), sum / B."""
+        targets = F.one_hot(labels, logits.shape[1]).to(torch.float32)
+        return sigmoid_focal_loss(logits, targets, alpha=self.alpha, gamma=self.gamma).sum() / logits.shape[0]
+
+    def forward(
+        self, img_emb: Tensor, txt_emb: Tensor, logit_scale: Tensor | float, logit_bias: Tensor | float | None = None
+    ) -> Tensor:
+        logits_i2t, logits_t2i, labels = contrastive_logits(img_emb, txt_emb, logit_scale, logit_bias)
+        loss = 0.5 * (self.loss_from_logits(logits_i2t, labels) + self.loss_from_logits(logits_t2i, labels))
+        return self.loss_weight * loss
+
+
+@MODELS.register_module()
+class InfoNCELoss(nn.Module):
+    """Symmetric softmax cross-entropy over image-text similarities (CLIP).
+
+    ``forward(img_emb (B, E), txt_emb (B, E), logit_scale, logit_bias=None)`` -> scalar; a bias would cancel
+    in the softmax and is ignored.
+    """
+
+    uses_bias = False
+
+    def __init__(self, *, loss_weight: float = 1.0) -> None:
+        super().__init__()
+        self.loss_weight = loss_weight
+
+    def forward(
+        self, img_emb: Tensor, txt_emb: Tensor, logit_scale: Tensor | float, logit_bias: Tensor | float | None = None
+    ) -> Tensor:
+        logits_i2t, logits_t2i, labels = contrastive_logits(img_emb, txt_emb, logit_scale)
+        loss = 0.5 * (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels))
+        return self.loss_weight * loss
+
+
+@MODELS.register_module()
+class CaptionCrossEntropyLoss(nn.Module):
+    """Token cross-entropy of the captioning pass, averaged over the non-ignored target tokens.
+
+    Args:
+        label_smoothing: as in ``F.cross_entropy``.
+        ignore_index: target value of positions to skip (padding after EOS).
+        loss_weight: multiplier of the returned loss.
+
+    ``forward(logits (B, L, V), targets (B, L))`` -> scalar (0 with a gradient if every target is ignored).
+    """
+
+    def __init__(self, *, label_smoothing: float = 0.0, ignore_index: int = -100, loss_weight: float = 1.0) -> None:
+        super().__init__()
+        self.label_smoothing = label_smoothing
+        self.ignore_index = ignore_index
+        self.loss_weight = loss_weight
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        if not (targets != self.ignore_index).any():
+            return logits.sum() * 0.0
+        loss = F.cross_entropy(
+            logits.flatten(0, 1).float(),
+            targets.flatten(),
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+        )
+        return self.loss_weight * loss

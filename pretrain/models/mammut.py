@@ -1,0 +1,299 @@
+"""MaMMUT: one image encoder and one text decoder trained with two passes.
+
+Paper: Kuo et al., "MaMMUT: A Simple Architecture for Joint Learning for MultiModal Tasks", TMLR 2023, Sec. 3:
+a ViT encodes the image; a single text decoder runs a contrastive pass (bidirectional, no cross-attention,
+pooled text embedding) and a generative pass (causal, cross-attending to the image tokens, captioning loss).
+The two passes run in a random order each step and their losses are summed (one backward). Focal contrastive
+loss and cropped positional embeddings come from RO-ViT (Kim et al., CVPR 2023).
+
+What differs from the paper: the image embedding pools the ViT tokens (mean, or a learned-query attention pool
+with ``pool='attn'``) and projects them linearly; the image tokens are linearly projected to the decoder width
+when widths differ; the logged contrastive accuracies use the local batch only. With ``contrastive_only`` the
+decoder is built without cross-attention or LM head (every parameter is used, no DDP ``find_unused_parameters``
+needed): the pure contrastive baseline.
+
+Data contract: ``inputs`` (B, 3, H, W) normalised by the data preprocessor; training samples carry ``text``
+(str); evaluation samples carry ``gt_captions`` (list[str]) and ``img_id``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModel
+from mmengine.structures import BaseDataElement
+from torch import Tensor, nn
+
+from toolkit.registry import MODELS, TOKENIZERS
+
+from .generation import generate as generate_ids
+from .text_decoder import CrossAttention
+
+__all__ = ['AttentionPool', 'MaMMUT']
+
+_GENERATION_KEYS = {'method', 'beam_size', 'max_len', 'min_len', 'length_penalty'}
+
+
+class AttentionPool(nn.Module):
+    """One learned query attending to the image tokens: (B, N, D) -> (B, D)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.query, std=0.02)
+        self.norm = nn.LayerNorm(dim)
+        self.attn = CrossAttention(dim, num_heads)
+
+    def forward(self, img_tokens: Tensor) -> Tensor:
+        kv = self.attn.image_kv(self.norm(img_tokens))
+        return self.attn(self.query.expand(img_tokens.shape[0], -1, -1), kv)[:, 0]
+
+
+@MODELS.register_module()
+class MaMMUT(BaseModel):
+    """MaMMUT pretraining model (contrastive + captioning with one decoder).
+
+    Args:
+        image_encoder: config of the ViT (e.g. ``MaMMUTViT``); must expose ``embed_dim`` and return
+            ``img_tokens`` (B, N, D_img).
+        text_decoder: config of ``MaMMUTTextDecoder``; ``vocab_size`` comes from the tokenizer,
+            ``context_length`` defaults to the tokenizer's and ``embed_dim`` is set to ``embed_dim``.
+        tokenizer: config built from ``TOKENIZERS`` (an already built tokenizer object is accepted too).
+        contrastive_loss: config; ``None`` uses ``FocalContrastiveLoss`` (the paper's choice).
+        caption_loss: config; ``None`` uses ``CaptionCrossEntropyLoss``.
+        embed_dim: E, size of the joint embedding space.
+        pool: image pooling, ``'avg'`` or ``'attn'``.
+        shuffle_passes: draw the order of the two passes from torch's RNG each step.
+        contrastive_only: train the contrastive pass only (decoder without cross-attention / LM head).
+        generation: ``dict(method='greedy' | 'beam' | 'none', beam_size=..., max_len=..., min_len=...,
+            length_penalty=...)`` used by ``predict``; ``None`` skips captioning.
+        logit_scale_init: initial temperature ``exp(logit_scale)`` (CLIP: 1 / 0.07); clamped at 100.
+        logit_bias_init: initial bias of the sigmoid (focal) form (SigLIP: -10).
+        data_preprocessor: MMEngine data preprocessor config.
+        init_cfg: MMEngine init config.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_encoder: dict,
+        text_decoder: dict,
+        tokenizer: dict | Any,
+        contrastive_loss: dict | None = None,
+        caption_loss: dict | None = None,
+        embed_dim: int,
+        pool: str = 'avg',
+        shuffle_passes: bool = True,
+        contrastive_only: bool = False,
+        generation: dict | None = None,
+        logit_scale_init: float = 1 / 0.07,
+        logit_bias_init: float = -10.0,
+        data_preprocessor: dict | None = None,
+        init_cfg: dict | list[dict] | None = None,
+    ) -> None:
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if pool not in ('avg', 'attn'):
+            raise ValueError(f"pool must be 'avg' or 'attn', got {pool!r}")
+        if generation is not None and set(generation) - _GENERATION_KEYS:
+            raise ValueError(f'unknown generation keys {sorted(set(generation) - _GENERATION_KEYS)}')
+        self.tokenizer = TOKENIZERS.build(tokenizer) if isinstance(tokenizer, dict) else tokenizer
+        self.embed_dim = embed_dim
+        self.pool = pool
+        self.shuffle_passes = shuffle_passes
+        self.contrastive_only = contrastive_only
+        self.generation = dict(generation) if generation is not None else None
+
+        self.image_encoder = MODELS.build(image_encoder)
+        img_dim = int(self.image_encoder.embed_dim)
+        self.text_decoder = MODELS.build(self._decoder_cfg(text_decoder))
+        dec_width = int(self.text_decoder.width)
+
+        if pool == 'attn':
+            blocks = getattr(self.image_encoder, 'blocks', None)
+            heads = blocks[0].attn.num_heads if blocks else 1
+            self.img_pool = AttentionPool(img_dim, heads)
+        else:
+            self.img_pool = None
+        self.img_proj = nn.Linear(img_dim, embed_dim, bias=False)
+        nn.init.normal_(self.img_proj.weight, std=img_dim**-0.5)
+        if contrastive_only:
+            self.img_ctx_proj = None
+        else:
+            self.img_ctx_proj = nn.Linear(img_dim, dec_width) if img_dim != dec_width else nn.Identity()
+
+        self.contrastive_loss = MODELS.build(contrastive_loss or dict(type='FocalContrastiveLoss'))
+        self.caption_loss = None if contrastive_only else MODELS.build(caption_loss or dict(type='CaptionCrossEntropyLoss'))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale_init)))
+        if getattr(self.contrastive_loss, 'uses_bias', False):
+            self.logit_bias = nn.Parameter(torch.tensor(float(logit_bias_init)))
+        else:
+            self.logit_bias = None
+
+    def _decoder_cfg(self, text_decoder: dict) -> dict:
+        cfg = dict(text_decoder)
+        vocab = int(self.tokenizer.vocab_size)
+        if cfg.get('vocab_size') not in (None, vocab):
+            raise ValueError(f'text_decoder.vocab_size={cfg["vocab_size"]} but the tokenizer has {vocab} ids')
+        if cfg.get('embed_dim') not in (None, self.embed_dim):
+            raise ValueError(f'text_decoder.embed_dim={cfg["embed_dim"]} differs from embed_dim={self.embed_dim}')
+        context = int(self.tokenizer.context_length)
+        cfg.setdefault('context_length', context)
+        if cfg['context_length'] < context:
+            raise ValueError(f'text_decoder.context_length={cfg["context_length"]} < tokenizer context {context}')
+        cfg.update(vocab_size=vocab, embed_dim=self.embed_dim)
+        if self.contrastive_only:
+            cfg.update(cross_attn_layers='none', tie_embeddings=True)
+        return cfg
+
+    # ------------------------------------------------------------------ building blocks
+    def _tokenize(self, texts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
+        """Texts -> ``txt_ids`` (B, L) and ``lengths`` (B,) on ``device``."""
+        txt_ids = self.tokenizer(list(texts))
+        lengths = self.tokenizer.lengths(txt_ids)
+        return txt_ids.to(device), lengths.to(device)
+
+    def current_logit_scale(self) -> Tensor:
+        """``exp(logit_scale)`` clamped at 100 (CLIP)."""
+        return self.logit_scale.exp().clamp(max=100.0)
+
+    def image_embedding(self, img_tokens: Tensor) -> Tensor:
+        """``img_tokens`` (B, N, D_img) -> L2-normalised ``img_emb`` (B, E)."""
+        pooled = self.img_pool(img_tokens) if self.img_pool is not None else img_tokens.mean(dim=1)
+        return F.normalize(self.img_proj(pooled), dim=-1)
+
+    def text_embedding(self, txt_ids: Tensor, lengths: Tensor) -> Tensor:
+        """Contrastive pass: ``txt_ids`` (B, L) -> L2-normalised ``txt_emb`` (B, E); the image is not used."""
+        return F.normalize(self.text_decoder.forward_contrastive(txt_ids, lengths), dim=-1)
+
+    def image_context(self, img_tokens: Tensor) -> Tensor:
+        """Image tokens at the decoder width (B, N, W) for cross-attention."""
+        if self.img_ctx_proj is None:
+            raise RuntimeError('contrastive_only MaMMUT has no generative pass')
+        return self.img_ctx_proj(img_tokens)
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """``images`` (B, 3, H, W) -> ``img_emb`` (B, E), L2-normalised."""
+        return self.image_embedding(self.image_encoder(images))
+
+    def encode_text(self, texts: list[str]) -> Tensor:
+        """List of B texts -> ``txt_emb`` (B, E), L2-normalised."""
+        txt_ids, lengths = self._tokenize(texts, self.logit_scale.device)
+        return self.text_embedding(txt_ids, lengths)
+
+    def generate(self, images: Tensor, **kwargs: Any) -> list[str]:
+        """Captions of ``images`` (B, 3, H, W); ``kwargs`` override ``generation`` (method, beam_size, ...)."""
+        return self._generate_from_tokens(self.image_encoder(images), **kwargs)
+
+    def _generate_from_tokens(self, img_tokens: Tensor, **kwargs: Any) -> list[str]:
+        options = {'method': 'greedy', 'max_len': 30, **(self.generation or {}), **kwargs}
+        method = options.pop('method')
+        ids = generate_ids(
+            self.text_decoder,
+            self.image_context(img_tokens),
+            method=method,
+            bos_token_id=self.tokenizer.bos_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **options,
+        )
+        return self.tokenizer.batch_decode(ids.cpu())
+
+    # ------------------------------------------------------------------ modes
+    def forward(
+        self, inputs: Tensor, data_samples: list[BaseDataElement] | None = None, mode: str = 'tensor'
+    ) -> dict[str, Tensor] | list[BaseDataElement]:
+        if mode == 'loss':
+            return self.loss(inputs, data_samples or [])
+        if mode == 'predict':
+            return self.predict(inputs, data_samples or [])
+        if mode == 'tensor':
+            return self._forward_tensor(inputs, data_samples)
+        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+
+    def draw_pass_order(self) -> bool:
+        """Whether the contrastive pass runs first this step (torch's RNG when shuffling)."""
+        if self.shuffle_passes and not self.contrastive_only:
+            return bool(torch.randint(0, 2, ()).item())
+        return True
+
+    def loss(self, inputs: Tensor, data_samples: list[BaseDataElement]) -> dict[str, Tensor]:
+        """Two-pass losses: ``loss_contrastive``, ``loss_caption`` plus logged scalars."""
+        contrastive_first = self.draw_pass_order()
+        txt_ids, lengths = self._tokenize([sample.text for sample in data_samples], inputs.device)
+        img_tokens = self.image_encoder(inputs)
+        out: dict[str, Tensor] = {}
+        passes = [self._contrastive_pass, self._generative_pass]
+        if self.contrastive_only:
+            passes = passes[:1]
+        elif not contrastive_first:
+            passes = passes[::-1]
+        for run_pass in passes:
+            out.update(run_pass(img_tokens, txt_ids, lengths))
+        out['contrastive_first'] = torch.tensor(float(contrastive_first), device=inputs.device)
+        return out
+
+    def _contrastive_pass(self, img_tokens: Tensor, txt_ids: Tensor, lengths: Tensor) -> dict[str, Tensor]:
+        img_emb = self.image_embedding(img_tokens)
+        txt_emb = self.text_embedding(txt_ids, lengths)
+        scale = self.current_logit_scale()
+        loss = self.contrastive_loss(img_emb, txt_emb, scale, self.logit_bias)
+        with torch.no_grad():
+            sim = img_emb.float() @ txt_emb.float().t()
+            target = torch.arange(sim.shape[0], device=sim.device)
+            out = {
+                'loss_contrastive': loss,
+                'logit_scale': scale.detach(),
+                'acc_i2t': (sim.argmax(dim=1) == target).float().mean(),
+                'acc_t2i': (sim.argmax(dim=0) == target).float().mean(),
+            }
+            if self.logit_bias is not None:
+                out['logit_bias'] = self.logit_bias.detach()
+        return out
+
+    def caption_targets(self, txt_ids: Tensor, lengths: Tensor) -> Tensor:
+        """Next-token targets (B, L - 1): ``txt_ids[:, 1:]`` with positions after EOS set to ``ignore_index``."""
+        targets = txt_ids[:, 1:].clone()
+        positions = torch.arange(targets.shape[1], device=txt_ids.device)[None]
+        targets[positions >= (lengths[:, None] - 1)] = self.caption_loss.ignore_index
+        return targets
+
+    def _generative_pass(self, img_tokens: Tensor, txt_ids: Tensor, lengths: Tensor) -> dict[str, Tensor]:
+        logits = self.text_decoder.forward_generative(txt_ids[:, :-1], self.image_context(img_tokens))
+        targets = self.caption_targets(txt_ids, lengths)
+        loss = self.caption_loss(logits, targets)
+        with torch.no_grad():
+            valid = targets != self.caption_loss.ignore_index
+            correct = (logits.argmax(dim=-1) == targets) & valid
+            acc = correct.sum().float() / valid.sum().clamp(min=1).float()
+        return {'loss_caption': loss, 'acc_caption': acc}
+
+    @torch.no_grad()
+    def predict(self, inputs: Tensor, data_samples: list[BaseDataElement]) -> list[BaseDataElement]:
+        """Sets ``img_emb`` (E,), ``txt_emb`` (K, E) of ``gt_captions`` and ``pred_caption`` (str), on CPU."""
+        img_tokens = self.image_encoder(inputs)
+        img_emb = self.image_embedding(img_tokens).cpu()
+        captions = [list(getattr(sample, 'gt_captions', None) or []) for sample in data_samples]
+        flat = [text for texts in captions for text in texts]
+        txt_emb = self.encode_text(flat).cpu() if flat else None
+        method = (self.generation or {}).get('method', 'greedy')
+        generate = self.generation is not None and method != 'none' and not self.contrastive_only
+        preds = self._generate_from_tokens(img_tokens) if generate else None
+        start = 0
+        for index, sample in enumerate(data_samples):
+            sample.img_emb = img_emb[index]
+            if captions[index]:
+                sample.txt_emb = txt_emb[start : start + len(captions[index])]
+                start += len(captions[index])
+            if preds is not None:
+                sample.pred_caption = preds[index]
+        return data_samples
+
+    def _forward_tensor(self, inputs: Tensor, data_samples: list[BaseDataElement] | None) -> dict[str, Tensor]:
+        img_tokens = self.image_encoder(inputs)
+        out = {'img_tokens': img_tokens, 'img_emb': self.image_embedding(img_tokens)}
+        if data_samples and all('text' in sample for sample in data_samples):
+            out['txt_emb'] = self.encode_text([sample.text for sample in data_samples])
+        return out

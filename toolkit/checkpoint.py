@@ -1,0 +1,138 @@
+"""Safe checkpoint loading and the plain-data form of what the Runner saves.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: the unpickler builds
+tensors and plain containers only, plus the types listed in ``SAFE_GLOBALS``. A file
+that needs anything else is refused with :class:`UnsafeCheckpointError`, naming the
+file and the type, instead of running code from it.
+
+MMEngine 0.10.7 saves ``HistoryBuffer`` objects and NumPy scalars in the message
+hub, which ``weights_only`` loading rejects. :func:`to_plain` turns them into plain
+data before a save and :func:`from_plain` restores them after a load; the
+``SafeCheckpointHook`` (``toolkit.hooks``) calls both at the Runner's checkpoint
+events, and :func:`install_safe_loader` makes MMEngine's local-file loader (used by
+``load_from``, ``resume`` and ``load_checkpoint``) go through :func:`safe_load`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from mmengine.logging import HistoryBuffer
+
+__all__ = [
+    'SAFE_GLOBALS',
+    'UnsafeCheckpointError',
+    'from_plain',
+    'install_safe_loader',
+    'load_state_dict_file',
+    'safe_load',
+    'to_plain',
+]
+
+# Types our checkpoints may hold beyond what ``weights_only`` accepts by default
+# (tensors, OrderedDict, builtin containers and scalars). Saved checkpoints are
+# converted to plain data, so nothing else is needed; keep this list explicit.
+SAFE_GLOBALS: tuple[Any, ...] = ()
+
+_HISTORY_BUFFER_TAG = '__history_buffer__'
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint holds objects outside the allow-list (or is not a torch file)."""
+
+
+def _refusal_reason(message: str) -> str:
+    patterns = (r'Unsupported global: GLOBAL ([\w.]+)', r'unsupported GLOBAL ([\w.]+)', r"but got <class '([\w.]+)'>")
+    for pattern in patterns:
+        match = re.search(pattern, message)
+        if match:
+            return f'it needs {match.group(1)!r}, which is not on the allow-list (toolkit.checkpoint.SAFE_GLOBALS)'
+    return 'it could not be unpickled with weights_only=True'
+
+
+def safe_load(path: str | os.PathLike[str], map_location: Any = 'cpu') -> Any:
+    """Load a torch checkpoint with ``weights_only=True`` and the toolkit's allow-list.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        UnsafeCheckpointError: the file needs a type that is not allowed, or is corrupt.
+    """
+    path = os.fspath(os.path.expanduser(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint {path} does not exist')
+    try:
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f'refusing to load checkpoint {path}: {_refusal_reason(str(err))}. Only plain tensors and '
+            'containers are loaded; re-save trusted checkpoints as plain state dicts.'
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise UnsafeCheckpointError(f'checkpoint {path} is corrupt or truncated: {err}') from err
+
+
+def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load a bare state dict from ``.safetensors`` or a torch file (safely), for converters."""
+    path = os.fspath(path)
+    if path.endswith('.safetensors'):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    obj = safe_load(path)
+    if isinstance(obj, dict) and 'state_dict' in obj and isinstance(obj['state_dict'], dict):
+        obj = obj['state_dict']
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UnsafeCheckpointError(f'{path} does not hold a state dict of tensors')
+    return obj
+
+
+def to_plain(obj: Any) -> Any:
+    """Recursively replace HistoryBuffers and NumPy values with plain Python data."""
+    if isinstance(obj, HistoryBuffer):
+        return {
+            _HISTORY_BUFFER_TAG: True,
+            'log': obj._log_history.tolist(),
+            'count': obj._count_history.tolist(),
+            'max_length': obj.max_length,
+        }
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(to_plain(v) for v in obj)
+    return obj
+
+
+def from_plain(obj: Any) -> Any:
+    """Inverse of :func:`to_plain` for HistoryBuffers (NumPy scalars stay Python numbers)."""
+    if isinstance(obj, dict):
+        if obj.get(_HISTORY_BUFFER_TAG) is True:
+            return HistoryBuffer(obj['log'], obj['count'], obj['max_length'])
+        return {k: from_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_plain(v) for v in obj]
+    return obj
+
+
+def _mmengine_local_loader(filename: str, map_location: Any) -> Any:
+    return safe_load(filename, map_location=map_location)
+
+
+def install_safe_loader() -> Callable[[str, Any], Any]:
+    """Route MMEngine's local checkpoint loading through :func:`safe_load`. Idempotent."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    CheckpointLoader.register_scheme(prefixes='', loader=_mmengine_local_loader, force=True)
+    return _mmengine_local_loader

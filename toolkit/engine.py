@@ -1,0 +1,82 @@
+"""What ``tools/train.py`` and ``tools/test.py`` share: config preparation and the Runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import os.path as osp
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+import toolkit.registry  # noqa: F401  (creates the toolkit-scoped child registries)
+from toolkit.checkpoint import install_safe_loader
+
+__all__ = ['build_runner', 'flatten_metrics', 'load_config', 'write_metrics']
+
+
+def load_config(
+    path: str,
+    *,
+    work_dir: str | None = None,
+    cfg_options: Mapping[str, Any] | None = None,
+    launcher: str = 'none',
+    amp: bool = False,
+) -> Config:
+    """Read a config, apply ``--cfg-options`` and pick the work dir (CLI > config > file name)."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'config {path} does not exist')
+    cfg = Config.fromfile(path)
+    cfg.launcher = launcher
+    if cfg_options:
+        cfg.merge_from_dict(dict(cfg_options))
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
+    if amp:
+        if torch.cuda.is_available():
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.loss_scale = 'dynamic'
+        else:  # MMEngine's AmpOptimWrapper requires an accelerator.
+            cfg.optim_wrapper.type = 'BF16AutocastOptimWrapper'
+    return cfg
+
+
+def build_runner(cfg: Config) -> Runner:
+    """Build the Runner with safe checkpoint loading and saving in place."""
+    install_safe_loader()
+    hooks = list(cfg.get('custom_hooks', []) or [])
+    if not any(h.get('type') == 'SafeCheckpointHook' for h in hooks):
+        hooks.append(dict(type='SafeCheckpointHook'))
+    cfg.custom_hooks = hooks
+    cfg.setdefault('default_scope', 'toolkit')
+    return Runner.from_cfg(cfg)
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = '') -> dict[str, float | int | str]:
+    """Flatten nested metric dicts to ``{'a/b': value}`` with plain Python values."""
+    flat: dict[str, float | int | str] = {}
+    for key, value in metrics.items():
+        name = f'{prefix}{key}'
+        if isinstance(value, Mapping):
+            flat.update(flatten_metrics(value, prefix=f'{name}/'))
+        elif isinstance(value, torch.Tensor):
+            flat[name] = value.item()
+        elif hasattr(value, 'item'):
+            flat[name] = value.item()
+        else:
+            flat[name] = value
+    return flat
+
+
+def write_metrics(metrics: Mapping[str, Any], work_dir: str) -> str:
+    """Write metrics as one flat JSON object to ``work_dir/metrics.json``; return the path."""
+    os.makedirs(work_dir, exist_ok=True)
+    path = osp.join(work_dir, 'metrics.json')
+    with open(path, 'w') as f:
+        json.dump(flatten_metrics(metrics), f, indent=2, sort_keys=True)
+    return path
