@@ -30,13 +30,14 @@ from typing import Any
 
 import regex
 import torch
+from tokenizers import Tokenizer
 
 from toolkit.registry import TOKENIZERS
 
-try:  # ftfy repairs mojibake exactly as open_clip does; it is optional here.
+try:  # ftfy repairs mojibake as open_clip does; optional, but ids match open_clip only with it installed.
     import ftfy
 except ImportError:  # pragma: no cover - depends on the environment
-    ftfy = None
+    ftfy = None  # type: ignore[assignment]
 
 __all__ = ['CLIPBPETokenizer', 'HFTokenizer', 'TextTokenizer', 'bytes_to_unicode', 'default_clip_vocab_path']
 
@@ -344,8 +345,6 @@ class HFTokenizer(TextTokenizer):
         pad_token: str | None = None,
         lowercase: bool = False,
     ) -> None:
-        from tokenizers import Tokenizer
-
         self._init_kwargs = {
             'path': path,
             'context_length': context_length,

@@ -112,7 +112,8 @@ def test_coco_instances_and_captions(world: tuple[str, dict]) -> None:
             counts = Counter(inst.cats[a['category_id']]['name'] for a in anns)
             for a in anns:
                 x, y, w, h = a['bbox']
-                assert 0 <= x and 0 <= y and x + w <= img['width'] and y + h <= img['height'] and w > 4 and h > 4
+                assert 0 <= x and 0 <= y and x + w <= img['width'] and y + h <= img['height']
+                assert w > 4 and h > 4
                 assert a['iscrowd'] == 0 and 0.3 * w * h < a['area'] <= w * h + 1e-6
                 mask_area = inst.annToMask(a).sum()
                 assert abs(mask_area - a['area']) < 0.25 * a['area'] + 10
@@ -129,8 +130,9 @@ def test_coco_instances_and_captions(world: tuple[str, dict]) -> None:
                 if match:  # spatial relations agree with the boxes
                     src, dst = match.group(1).split(' ', 1)[1], match.group(3).split(' ', 1)[1]
                     rel = match.group(2).replace('to the ', '').replace(' of', '')
-                    (sx, sy), = [_centre(a['bbox']) for a in anns if inst.cats[a['category_id']]['name'] == src]
-                    (dx, dy), = [_centre(a['bbox']) for a in anns if inst.cats[a['category_id']]['name'] == dst]
+                    centres = {inst.cats[a['category_id']]['name']: _centre(a['bbox']) for a in anns}
+                    assert counts[src] == counts[dst] == 1
+                    (sx, sy), (dx, dy) = centres[src], centres[dst]
                     expect = {'left': dx > sx, 'right': dx < sx, 'above': dy > sy, 'over': dy > sy,
                               'below': dy < sy, 'under': dy < sy}[rel]
                     assert expect, (text, (sx, sy), (dx, dy))

@@ -26,8 +26,8 @@ CLIP_TEXTS = [
     '&lt;b&gt;html&lt;/b&gt; ï¿½ mojibake Ã©',
 ]
 
-SHAPES_VOCAB = ['<pad>', '<bos>', '<eos>', '<unk>', 'a', 'red', 'blue', 'circle', 'square', 'left', 'of', 'the']
-WORDPIECE_VOCAB = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', 'a', 'red', 'cir', '##cle', '.', 'squ', '##are']
+SHAPES_VOCAB = ['<pad>', '<bos>', '<eos>', '<unk>', *'a red blue circle square left of the'.split()]
+WORDPIECE_VOCAB = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', *'a red cir ##cle . squ ##are'.split()]
 
 
 @pytest.fixture(scope='module')
@@ -48,7 +48,7 @@ def word_level_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope='module')
 def wordpiece_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A BERT-style WordPiece tokenizer.json whose own post-processor, padding and truncation must be ignored."""
+    """A BERT-style WordPiece tokenizer.json; its post-processor, padding and truncation must be ignored."""
     tokenizer = Tokenizer(models.WordPiece({w: i for i, w in enumerate(WORDPIECE_VOCAB)}, unk_token='[UNK]'))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -76,7 +76,8 @@ def test_clip_ids_match_open_clip(clip_tokenizer: CLIPBPETokenizer, context_leng
 
 def test_clip_layout_and_truncation(clip_tokenizer: CLIPBPETokenizer) -> None:
     assert clip_tokenizer.vocab_size == 49408
-    assert (clip_tokenizer.bos_token_id, clip_tokenizer.eos_token_id, clip_tokenizer.pad_token_id) == (49406, 49407, 0)
+    specials = (clip_tokenizer.bos_token_id, clip_tokenizer.eos_token_id, clip_tokenizer.pad_token_id)
+    assert specials == (49406, 49407, 0)
     long_ids = clip_tokenizer('word ' * 200, context_length=10)[0]
     assert long_ids[0] == 49406 and long_ids[-1] == 49407
     assert long_ids[1:-1].tolist() == clip_tokenizer.encode('word ' * 8)

@@ -77,7 +77,8 @@ _VIDEO_TEMPLATES = {
     'change': ('{a} turns {c2}', '{a} changes colour to {c2}', 'a {s} changes from {c} to {c2}',
                'the {cs} becomes {c2}', '{a} changes colour', 'the {s} switches from {c} to {c2}'),
 }
-_DISTRACTOR_TEMPLATES = ('{main} while {b} stays still', '{main} next to {b}', '{main}, and {b} does not move')
+_DISTRACTOR_TEMPLATES = ('{main} while {b} stays still', '{main} next to {b}',
+                         '{main}, and {b} does not move')
 _QUESTION_TYPE = {'what': 0, 'how': 2}  # MSRVTT-QA category_id: 0 what, 1 who, 2 how, 3 when, 4 where
 
 
@@ -107,14 +108,16 @@ def _words(text: str) -> int:
     return len(re.findall(r'[a-z]+', text))
 
 
-def _relation(src: Sequence[ShapeInstance], dst: Sequence[ShapeInstance], width: int, height: int) -> str | None:
+def _relation(
+    src: Sequence[ShapeInstance], dst: Sequence[ShapeInstance], width: int, height: int
+) -> str | None:
     """The clear relation "src REL dst" that holds for every pair of members, or None."""
     found = set()
     for a in src:
         for b in dst:
             dx, dy = b.cx - a.cx, b.cy - a.cy
             if abs(dx) >= 1.5 * abs(dy) and abs(dx) >= 0.12 * width:
-                found.add('right' if dx > 0 else 'left')
+                found.add('left' if dx > 0 else 'right')
             elif abs(dy) >= 1.5 * abs(dx) and abs(dy) >= 0.12 * height:
                 found.add('above' if dy > 0 else 'below')
             else:
@@ -265,8 +268,8 @@ def vocabulary() -> list[str]:
     texts += [p for v in _REL_PHRASES.values() for p in v] + list(_POSITION_PHRASES.values())
     texts += [p for v in _MOVE_PHRASES.values() for p in v]
     for action in ACTIONS:
-        for q, a, _ in video_questions(action=action, colour='red', shape='circle', detail='left', num_shapes=1):
-            texts += [q, a]
+        qa = video_questions(action=action, colour='red', shape='circle', detail='left', num_shapes=1)
+        texts += [t for q, a, _ in qa for t in (q, a)]
     words = set()
     for text in texts:
         words.update(re.findall(r'[a-z]+|[^\sa-z]', text.lower()))

@@ -38,7 +38,9 @@ __all__ = [
 ]
 
 LVIS_URL_PREFIX = 'http://images.cocodataset.org/'
-LICENSES = [{'id': 1, 'name': 'CC0 1.0 (synthetic data)', 'url': 'https://creativecommons.org/publicdomain/zero/1.0/'}]
+LICENSES = [
+    {'id': 1, 'name': 'CC0 1.0 (synthetic data)', 'url': 'https://creativecommons.org/publicdomain/zero/1.0/'}
+]
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -105,7 +107,8 @@ def lvis_instances(info: dict[str, Any], split: str, images: Sequence[dict[str, 
         'not_exhaustive_category_ids': [],
         'neg_category_ids': [c for c in all_ids if c not in present.get(img['id'], set())],
     } for img in images]
-    lvis_anns = [{k: a[k] for k in ('id', 'image_id', 'category_id', 'bbox', 'area', 'segmentation')} for a in anns]
+    keys = ('id', 'image_id', 'category_id', 'bbox', 'area', 'segmentation')  # LVIS has no iscrowd
+    lvis_anns = [{k: a[k] for k in keys} for a in anns]
     return {'info': info, 'licenses': LICENSES, 'images': lvis_images, 'annotations': lvis_anns,
             'categories': _lvis_categories(train_anns)}
 
@@ -115,8 +118,12 @@ def ov_split() -> dict[str, list[Any]]:
     novel = set(NOVEL_CATEGORIES)
     base = [cs for cs in CATEGORIES if cs not in novel]
     novel_sorted = [cs for cs in CATEGORIES if cs in novel]
-    return {'base': [category_name(*cs) for cs in base], 'novel': [category_name(*cs) for cs in novel_sorted],
-            'base_ids': [category_id(*cs) for cs in base], 'novel_ids': [category_id(*cs) for cs in novel_sorted]}
+    return {
+        'base': [category_name(*cs) for cs in base],
+        'novel': [category_name(*cs) for cs in novel_sorted],
+        'base_ids': [category_id(*cs) for cs in base],
+        'novel_ids': [category_id(*cs) for cs in novel_sorted],
+    }
 
 
 def build_tokenizer(words: Iterable[str]) -> Any:

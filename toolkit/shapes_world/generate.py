@@ -12,7 +12,8 @@ run seed, so the same categories are frequent or rare in every generation; the n
 2, 18, 20, 28, 30, 41, 46 and 47 (0 = most frequent). At ``small`` size (1600 training images) this gives
 about 8-12 rare (<= 10 images), 23-27 common and 12-14 frequent (> 100 images) categories; at ``full`` size
 there are no rare ones left. Validation and test images are balanced: their categories are dealt from
-shuffled decks of all 48, and every category is guaranteed to appear in each of these splits (given at least 12 images).
+shuffled decks of all 48, and every category is guaranteed to appear in each of these splits (given at
+least 12 images).
 """
 
 from __future__ import annotations
@@ -123,10 +124,10 @@ def _render_image(item: dict[str, Any]) -> dict[str, Any]:
         poly = np.round(inst.polygon(), 2)
         x0, y0 = poly.min(axis=0)
         x1, y1 = poly.max(axis=0)
-        anns.append({'category_id': category_id(inst.colour, inst.shape),
-                     'bbox': [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2),
-                              round(float(y1 - y0), 2)],
-                     'area': round(polygon_area(poly), 2), 'segmentation': [[float(v) for v in poly.reshape(-1)]]})
+        bbox = [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+        anns.append({'category_id': category_id(inst.colour, inst.shape), 'bbox': [round(v, 2) for v in bbox],
+                     'area': round(polygon_area(poly), 2),
+                     'segmentation': [[float(v) for v in poly.reshape(-1)]]})
     return {'anns': anns, 'captions': image_captions(rng, shapes, kind, width, height)}
 
 
@@ -134,7 +135,8 @@ def _render_video(item: dict[str, Any]) -> dict[str, Any]:
     """Worker: draw, encode and describe one video."""
     rng = np.random.default_rng([item['seed'], _SPLIT_CODE['video'], item['index']])
     spec = sample_video(rng, size=item['size'], frames=item['frames'])
-    encode_mp4(item['path'], render_video_frames(spec, size=item['size'], frames=item['frames']), fps=item['fps'])
+    vid_frames = render_video_frames(spec, size=item['size'], frames=item['frames'])
+    encode_mp4(item['path'], vid_frames, fps=item['fps'])
     distractor = None if spec.distractor is None else (spec.distractor.colour, spec.distractor.shape)
     kw = {'action': spec.action, 'colour': spec.colour, 'shape': spec.shape, 'detail': spec.detail}
     return {**kw, 'distractor': distractor, 'captions': video_captions(rng, **kw, distractor=distractor),
@@ -149,7 +151,7 @@ def _run(fn: Callable[[dict[str, Any]], dict[str, Any]], items: Sequence[dict[st
     if pool is None:
         it = map(fn, items)
     else:
-        it = pool.imap(fn, items, chunksize=max(1, min(16, len(items) // (8 * pool._processes) or 1)))
+        it = pool.imap(fn, items, chunksize=max(1, min(16, len(items) // 32)))  # ordered results
     return list(tqdm(it, total=len(items), desc=desc, file=sys.stderr, disable=not progress, leave=False))
 
 
@@ -256,7 +258,8 @@ def generate_shapes_world(
     dump('annotations/ov_split.json', split_def)
     lvis_train = lvis_instances(info, 'train', images['train'], anns['train'], anns['train'])
     dump('annotations/lvis_v1_train.json', lvis_train)
-    dump('annotations/lvis_v1_val.json', lvis_instances(info, 'val', images['val'], anns['val'], anns['train']))
+    lvis_val = lvis_instances(info, 'val', images['val'], anns['val'], anns['train'])
+    dump('annotations/lvis_v1_val.json', lvis_val)
 
     # MSRVTT: video0.. train, then validate, then test; sentence and question ids run over all videos.
     v_split = ['train'] * n_tr + ['validate'] * n_va + ['test'] * (n_videos - n_tr - n_va)
@@ -283,9 +286,11 @@ def generate_shapes_world(
 
     tokenizer = build_tokenizer(vocabulary())
     texts = [r for s in SPLITS for res in results[s] for r in res['captions']]
-    texts += [t for res in videos for t in res['captions']] + [t for res in videos for q in res['qa'] for t in q[:2]]
+    texts += [t for res in videos for t in res['captions']]
+    texts += [t for res in videos for q in res['qa'] for t in q[:2]]
     unk = tokenizer.token_to_id('<unk>')
-    missing = sorted({t for t, enc in zip(texts, tokenizer.encode_batch(texts), strict=True) if unk in enc.ids})
+    encoded = tokenizer.encode_batch(texts, add_special_tokens=False)
+    missing = sorted({t for t, enc in zip(texts, encoded, strict=True) if unk in enc.ids})
     if missing:
         raise RuntimeError(f'texts with words missing from captions.vocabulary(): {missing[:5]}')
     paths['tokenizer.json'] = os.path.join(out_dir, 'tokenizer.json')

@@ -141,7 +141,8 @@ def shape_polygon(shape: str, cx: float, cy: float, radius: float, angle: float 
     if shape not in _UNIT_SHAPES:
         raise KeyError(f'unknown shape {shape!r}; expected one of {SHAPES}')
     t = np.deg2rad(angle)
-    rot = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])  # row vectors: p @ rot, clockwise (y down)
+    # Row vectors (p @ rot); with y pointing down this turns clockwise on screen.
+    rot = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
     return _UNIT_SHAPES[shape] @ rot * radius + np.array([cx, cy])
 
 
@@ -192,7 +193,7 @@ def render_background(rng: np.random.Generator, width: int, height: int, kind: s
     if kind == 'noise':  # smooth blotches: a coarse random grid upsampled bilinearly
         cells = int(rng.integers(3, 7))
         grid = (rng.random((cells, cells)) * 255).astype(np.uint8)
-        mix = np.asarray(Image.fromarray(grid).resize((width, height), Image.BILINEAR), dtype=np.float32) / 255
+        mix = np.asarray(Image.fromarray(grid).resize((width, height), Image.BILINEAR), np.float32) / 255
     elif kind == 'stripes':
         period = float(rng.uniform(0.08, 0.18)) * min(width, height)
         theta = float(rng.uniform(0.0, np.pi))
@@ -268,7 +269,8 @@ def layout_objects(
                 break
         else:
             raise RuntimeError(f'could not place {len(objects)} shapes on a {width}x{height} canvas')
-        placed.append(ShapeInstance(colour, shape, round(cx, 2), round(cy, 2), round(radius, 2), round(angle, 2)))
+        placed.append(
+            ShapeInstance(colour, shape, round(cx, 2), round(cy, 2), round(radius, 2), round(angle, 2)))
         boxes.append(box)
     return placed
 

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from toolkit.shapes_world.scene import COLOUR_RGB, COLOURS, SHAPES, ShapeInstance, render_background, render_shapes
+from toolkit.shapes_world.scene import (
+    COLOUR_RGB,
+    COLOURS,
+    SHAPES,
+    ShapeInstance,
+    render_background,
+    render_shapes,
+)
 
 __all__ = ['TURN_SHAPES', 'VideoSpec', 'encode_mp4', 'render_video_frames', 'sample_video']
 
@@ -72,7 +79,7 @@ def sample_video(rng: np.random.Generator, *, size: int, frames: int) -> VideoSp
     if action == 'move':
         detail = ('left', 'right', 'up', 'down')[int(rng.integers(4))]
         dist = float(rng.uniform(0.3, 0.4)) * size
-        dx, dy = {'left': (dist, 0.0), 'right': (-dist, 0.0), 'up': (0.0, -dist), 'down': (0.0, dist)}[detail]
+        dx, dy = {'left': (-dist, 0.0), 'right': (dist, 0.0), 'up': (0.0, -dist), 'down': (0.0, dist)}[detail]
     elif action == 'turn':
         detail = ('clockwise', 'counterclockwise')[int(rng.integers(2))]
         a1 = angle + float(rng.uniform(60, 90)) * (1 if detail == 'clockwise' else -1)
@@ -96,10 +103,12 @@ def sample_video(rng: np.random.Generator, *, size: int, frames: int) -> VideoSp
         d_shape = [s for s in SHAPES if s != shape][int(rng.integers(len(SHAPES) - 1))]
         d_radius = float(rng.uniform(0.11, 0.14)) * size
         for _ in range(100):
-            d_cx, d_cy = (float(v) for v in rng.uniform(d_radius * 1.4 + margin, size - d_radius * 1.4 - margin, 2))
+            lo, hi = d_radius * 1.4 + margin, size - d_radius * 1.4 - margin
+            d_cx, d_cy = (float(v) for v in rng.uniform(lo, hi, 2))
             cand = ShapeInstance(d_colour, d_shape, d_cx, d_cy, d_radius, 0.0)
             box = _extent(cand)
-            if box[0] >= swept[2] + 2 or swept[0] >= box[2] + 2 or box[1] >= swept[3] + 2 or swept[1] >= box[3] + 2:
+            apart = box[0] >= swept[2] + 2 or swept[0] >= box[2] + 2
+            if apart or box[1] >= swept[3] + 2 or swept[1] >= box[3] + 2:
                 distractor = cand
                 break
     switch = int(rng.integers(frames // 3, max(frames // 3 + 1, (2 * frames) // 3 + 1)))

@@ -1,0 +1,44 @@
+# Tiny MaMMUT for Shapes World on CPU: the `make demo` job (a few minutes on 2 cores).
+_base_ = [
+    '../_base_/models/mammut_vit-b16-dec12.py',
+    '../_base_/datasets/shapes_world_caption.py',
+    '../_base_/default_runtime.py',
+]
+max_epochs = 40  # 1,600 train images / 32 = 50 iterations an epoch -> 2,000 iterations
+model = dict(
+    image_encoder=dict(
+        img_size=64,
+        patch_size=8,  # 8 x 8 = 64 image tokens
+        embed_dim=192,
+        depth=4,
+        num_heads=3,
+        detection_grid=16,  # a 128 px detection input / 8 px patches
+    ),
+    text_decoder=dict(width=192, depth=4, num_heads=3),  # cross-attention in 2 of 4 layers
+    # The word-level Shapes World vocabulary (fixed by the generator's templates; a test checks it matches).
+    tokenizer=dict(
+        _delete_=True,  # replaces the CLIP BPE tokenizer of the base model
+        type='HFTokenizer',
+        path='{{ fileDirname }}/../_base_/tokenizers/shapes_world.json',
+        context_length=32,
+    ),
+    embed_dim=128,
+    generation=dict(method='beam', beam_size=3, max_len=32),
+)
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.98), weight_decay=0.01),  # small model, small batch
+    clip_grad=dict(max_norm=1.0),
+    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0),
+)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-2, by_epoch=False, begin=0, end=100),
+    dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=max_epochs, eta_min=1e-5, convert_to_iter_based=True),
+]
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+default_hooks = dict(
+    logger=dict(interval=25),
+    checkpoint=dict(interval=10),
+)
