@@ -54,12 +54,21 @@ class LossCurveHook(Hook):
         self.filename = filename
         self.points: dict[str, list[tuple[int, float]]] = {}
 
+    def before_train(self, runner: Any) -> None:
+        # A resumed run continues the curve of the run it resumes (points up to the resumed iteration).
+        path = os.path.join(runner.work_dir, os.path.splitext(self.filename)[0] + '.json')
+        if getattr(runner, '_resume', False) and os.path.isfile(path):
+            with open(path) as f:
+                saved = json.load(f)
+            self.points = {k: [(int(i), float(v)) for i, v in pts if i <= runner.iter] for k, pts in saved.items()}
+
     def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
-        if not outputs or (runner.iter + 1) % self.interval:
+        step = runner.iter + 1
+        if not outputs or (step % self.interval and step != 1):
             return
         for key, value in outputs.items():
             if 'loss' in key:
-                self.points.setdefault(key, []).append((runner.iter + 1, float(value)))
+                self.points.setdefault(key, []).append((step, float(value)))
 
     def after_train(self, runner: Any) -> None:
         if not self.points or runner.rank != 0:
