@@ -13,6 +13,16 @@ os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope='session', autouse=True)
+def _toolkit_scope() -> None:
+    """Build by our names, as configs with ``default_scope = 'toolkit'`` do."""
+    from mmengine.registry import init_default_scope
+
+    import toolkit.registry  # noqa: F401  (creates the toolkit-scoped registries)
+
+    init_default_scope('toolkit')
+
+
 @pytest.fixture(scope='session')
 def repo_root() -> Path:
     return REPO

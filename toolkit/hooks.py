@@ -68,7 +68,8 @@ class LossCurveHook(Hook):
             return
         for key, value in outputs.items():
             if 'loss' in key:
-                self.points.setdefault(key, []).append((step, float(value)))
+                value = value.detach().item() if hasattr(value, 'detach') else float(value)
+                self.points.setdefault(key, []).append((step, value))
 
     def after_train(self, runner: Any) -> None:
         if not self.points or runner.rank != 0:

@@ -7,8 +7,8 @@
   custom-attention variants cannot be mapped and raise.
 * :func:`convert_open_clip_text_to_decoder`: open_clip's text tower (``TextTransformer`` or the text part of a
   ``CLIP`` state dict) as the initialisation of the self-attention, MLP, embedding and final-norm weights of a
-  :class:`~pretrain.models.text_decoder.MaMMUTTextDecoder`; cross-attention layers keep their init. Every input
-  tensor is either mapped or listed in the returned ``unused`` dict with the reason.
+  :class:`~pretrain.models.text_decoder.MaMMUTTextDecoder`; cross-attention layers keep their init. Every
+  input tensor is either mapped or listed in the returned ``unused`` dict with the reason.
 
 Only tensor layouts are read here (no open_clip import). Note that open_clip pools the text at the EOS token
 while MaMMUT mean-pools, so a converted ``text_projection`` is only a starting point.
@@ -21,7 +21,12 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-__all__ = ['convert_open_clip_text_to_decoder', 'convert_open_clip_visual', 'load_check', 'open_clip_visual_kwargs']
+__all__ = [
+    'convert_open_clip_text_to_decoder',
+    'convert_open_clip_visual',
+    'load_check',
+    'open_clip_visual_kwargs',
+]
 
 _BLOCK_MAP = {
     'ln_1.weight': 'norm1.weight',
@@ -47,7 +52,7 @@ def _strip_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Te
 
 
 def _map_block(key: str, attn_name: str) -> tuple[int, str] | None:
-    """``transformer.resblocks.i.<suffix>`` -> (i, our suffix), None when not a block key; raises if unknown."""
+    """``transformer.resblocks.i.<suffix>`` -> (i, our suffix); None for other keys; raises if unknown."""
     match = _BLOCK_KEY.match(key)
     if match is None:
         return None
@@ -57,7 +62,8 @@ def _map_block(key: str, attn_name: str) -> tuple[int, str] | None:
     if suffix in _ATTN_MAP:
         return index, f'{attn_name}.{_ATTN_MAP[suffix]}'
     raise ValueError(
-        f'cannot map open_clip block tensor {key!r}: layer scale (ls_*), cross-attention (ln_1_kv), qk-norm or '
+        f'cannot map open_clip block tensor {key!r}: layer scale (ls_*), cross-attention (ln_1_kv), '
+        'qk-norm or '
         'scaled-cosine attention variants are not supported by our blocks'
     )
 
@@ -78,7 +84,9 @@ def open_clip_visual_kwargs(state_dict: Mapping[str, Tensor], *, num_heads: int)
     num_pos = visual['positional_embedding'].shape[0] - 1
     side = int(round(num_pos**0.5))
     if side * side != num_pos:
-        raise ValueError(f'non-square position grid ({num_pos} positions) cannot be inferred; build it by hand')
+        raise ValueError(
+            f'non-square position grid ({num_pos} positions) cannot be inferred; build it by hand'
+        )
     depth = 1 + max(int(m.group(1)) for m in map(_BLOCK_KEY.match, visual) if m is not None)
     return dict(
         img_size=side * conv.shape[-1],
@@ -97,19 +105,23 @@ def open_clip_visual_kwargs(state_dict: Mapping[str, Tensor], *, num_heads: int)
     )
 
 
-def convert_open_clip_visual(state_dict: Mapping[str, Tensor], *, with_proj: bool = True) -> dict[str, Tensor]:
-    """open_clip ``VisionTransformer`` state dict (optionally inside a CLIP one, ``visual.*``) -> ``MaMMUTViT``'s.
+def convert_open_clip_visual(
+    state_dict: Mapping[str, Tensor], *, with_proj: bool = True
+) -> dict[str, Tensor]:
+    """open_clip ``VisionTransformer`` state dict (bare or ``visual.*`` in a CLIP one) -> ``MaMMUTViT``'s.
 
     Args:
         state_dict: the tensors; keys may carry the ``visual.`` prefix.
-        with_proj: map ``proj`` (D, E) to ``head.weight`` (E, D); drop it for a ViT built without ``output_dim``.
+        with_proj: map ``proj`` (D, E) to ``head.weight`` (E, D); False for a ViT without ``output_dim``.
 
     Raises:
         ValueError: on attention-pool (CoCa), layer-scale or other tensors we cannot map.
     """
     visual = _visual_part(state_dict)
     if any(key.startswith('attn_pool') for key in visual):
-        raise ValueError('open_clip attentional pooling (attn_pool*, CoCa towers) has no MaMMUTViT equivalent')
+        raise ValueError(
+            'open_clip attentional pooling (attn_pool*, CoCa towers) has no MaMMUTViT equivalent'
+        )
     out: dict[str, Tensor] = {}
     unknown = []
     for key, value in visual.items():
@@ -137,7 +149,9 @@ def convert_open_clip_visual(state_dict: Mapping[str, Tensor], *, with_proj: boo
     if unknown:
         raise ValueError(f'open_clip visual tensors with no MaMMUTViT equivalent: {sorted(unknown)}')
     if 'cls_token' not in out or 'pos_embed' not in out:
-        raise ValueError('not an open_clip VisionTransformer state dict: class_embedding/positional_embedding missing')
+        raise ValueError(
+            'not an open_clip VisionTransformer state dict: class_embedding/positional_embedding missing'
+        )
     return out
 
 
@@ -210,7 +224,9 @@ def convert_open_clip_text_to_decoder(
             name = 'norm_final.' + key[len('ln_final.') :]
         elif key in ('text_projection', 'text_projection.weight'):
             value = value.t() if key == 'text_projection' else value  # parameter (W, E) vs Linear (E, W)
-            if 'text_proj.weight' not in target or tuple(value.shape) != tuple(target['text_proj.weight'].shape):
+            if 'text_proj.weight' not in target or tuple(value.shape) != tuple(
+                target['text_proj.weight'].shape
+            ):
                 unused[key] = 'projection size differs from the decoder embed_dim (or it has no projection)'
                 continue
             name, value = 'text_proj.weight', value.contiguous()

@@ -96,7 +96,9 @@ def beam_search(
     if beams < 1:
         raise ValueError(f'beam_size must be >= 1, got {beam_size}')
     if 2 * beams > vocab:
-        raise ValueError(f'beam_size {beams} too large for a vocabulary of {vocab} (needs 2 * beam_size <= V)')
+        raise ValueError(
+            f'beam_size {beams} too large for a vocabulary of {vocab} (needs 2 * beam_size <= V)'
+        )
     device = img_ctx.device
     ctx = img_ctx.repeat_interleave(beams, dim=0)
     mask = None if img_mask is None else img_mask.repeat_interleave(beams, dim=0)
@@ -180,7 +182,13 @@ def generate(
     special = dict(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
     if method == 'greedy':
         return greedy_search(
-            decoder, img_ctx, max_len=max_len, min_len=min_len, img_mask=img_mask, use_cache=use_cache, **special
+            decoder,
+            img_ctx,
+            max_len=max_len,
+            min_len=min_len,
+            img_mask=img_mask,
+            use_cache=use_cache,
+            **special,
         )
     if method == 'beam':
         return beam_search(

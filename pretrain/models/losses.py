@@ -74,7 +74,9 @@ def contrastive_logits(
     return logits_i2t, logits_t2i, labels
 
 
-def sigmoid_focal_loss(logits: Tensor, targets: Tensor, *, alpha: float | None = None, gamma: float = 2.0) -> Tensor:
+def sigmoid_focal_loss(
+    logits: Tensor, targets: Tensor, *, alpha: float | None = None, gamma: float = 2.0
+) -> Tensor:
     """Element-wise sigmoid focal loss ``-alpha_t (1 - p_t)^gamma log p_t``, computed in float32.
 
     Uses ``log p_t = logsigmoid(s * x)`` and ``(1 - p_t)^gamma = exp(gamma * logsigmoid(-s * x))`` with
@@ -120,7 +122,11 @@ class FocalContrastiveLoss(nn.Module):
         return sigmoid_focal_loss(logits, targets, alpha=self.alpha, gamma=self.gamma).sum() / logits.shape[0]
 
     def forward(
-        self, img_emb: Tensor, txt_emb: Tensor, logit_scale: Tensor | float, logit_bias: Tensor | float | None = None
+        self,
+        img_emb: Tensor,
+        txt_emb: Tensor,
+        logit_scale: Tensor | float,
+        logit_bias: Tensor | float | None = None,
     ) -> Tensor:
         logits_i2t, logits_t2i, labels = contrastive_logits(img_emb, txt_emb, logit_scale, logit_bias)
         loss = 0.5 * (self.loss_from_logits(logits_i2t, labels) + self.loss_from_logits(logits_t2i, labels))
@@ -142,7 +148,11 @@ class InfoNCELoss(nn.Module):
         self.loss_weight = loss_weight
 
     def forward(
-        self, img_emb: Tensor, txt_emb: Tensor, logit_scale: Tensor | float, logit_bias: Tensor | float | None = None
+        self,
+        img_emb: Tensor,
+        txt_emb: Tensor,
+        logit_scale: Tensor | float,
+        logit_bias: Tensor | float | None = None,
     ) -> Tensor:
         logits_i2t, logits_t2i, labels = contrastive_logits(img_emb, txt_emb, logit_scale)
         loss = 0.5 * (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels))
@@ -161,7 +171,9 @@ class CaptionCrossEntropyLoss(nn.Module):
     ``forward(logits (B, L, V), targets (B, L))`` -> scalar (0 with a gradient if every target is ignored).
     """
 
-    def __init__(self, *, label_smoothing: float = 0.0, ignore_index: int = -100, loss_weight: float = 1.0) -> None:
+    def __init__(
+        self, *, label_smoothing: float = 0.0, ignore_index: int = -100, loss_weight: float = 1.0
+    ) -> None:
         super().__init__()
         self.label_smoothing = label_smoothing
         self.ignore_index = ignore_index

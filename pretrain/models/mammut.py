@@ -9,8 +9,8 @@ loss and cropped positional embeddings come from RO-ViT (Kim et al., CVPR 2023).
 What differs from the paper: the image embedding pools the ViT tokens (mean, or a learned-query attention pool
 with ``pool='attn'``) and projects them linearly; the image tokens are linearly projected to the decoder width
 when widths differ; the logged contrastive accuracies use the local batch only. With ``contrastive_only`` the
-decoder is built without cross-attention or LM head (every parameter is used, no DDP ``find_unused_parameters``
-needed): the pure contrastive baseline.
+decoder is built without cross-attention or LM head (every parameter is used, no DDP
+``find_unused_parameters`` needed): the pure contrastive baseline.
 
 Data contract: ``inputs`` (B, 3, H, W) normalised by the data preprocessor; training samples carry ``text``
 (str); evaluation samples carry ``gt_captions`` (list[str]) and ``img_id``.
@@ -125,7 +125,9 @@ class MaMMUT(BaseModel):
             self.img_ctx_proj = nn.Linear(img_dim, dec_width) if img_dim != dec_width else nn.Identity()
 
         self.contrastive_loss = MODELS.build(contrastive_loss or dict(type='FocalContrastiveLoss'))
-        self.caption_loss = None if contrastive_only else MODELS.build(caption_loss or dict(type='CaptionCrossEntropyLoss'))
+        self.caption_loss = (
+            None if contrastive_only else MODELS.build(caption_loss or dict(type='CaptionCrossEntropyLoss'))
+        )
         self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale_init)))
         if getattr(self.contrastive_loss, 'uses_bias', False):
             self.logit_bias = nn.Parameter(torch.tensor(float(logit_bias_init)))
@@ -138,11 +140,15 @@ class MaMMUT(BaseModel):
         if cfg.get('vocab_size') not in (None, vocab):
             raise ValueError(f'text_decoder.vocab_size={cfg["vocab_size"]} but the tokenizer has {vocab} ids')
         if cfg.get('embed_dim') not in (None, self.embed_dim):
-            raise ValueError(f'text_decoder.embed_dim={cfg["embed_dim"]} differs from embed_dim={self.embed_dim}')
+            raise ValueError(
+                f'text_decoder.embed_dim={cfg["embed_dim"]} differs from embed_dim={self.embed_dim}'
+            )
         context = int(self.tokenizer.context_length)
         cfg.setdefault('context_length', context)
         if cfg['context_length'] < context:
-            raise ValueError(f'text_decoder.context_length={cfg["context_length"]} < tokenizer context {context}')
+            raise ValueError(
+                f'text_decoder.context_length={cfg["context_length"]} < tokenizer context {context}'
+            )
         cfg.update(vocab_size=vocab, embed_dim=self.embed_dim)
         if self.contrastive_only:
             cfg.update(cross_attn_layers='none', tie_embeddings=True)
@@ -184,7 +190,7 @@ class MaMMUT(BaseModel):
         return self.text_embedding(txt_ids, lengths)
 
     def generate(self, images: Tensor, **kwargs: Any) -> list[str]:
-        """Captions of ``images`` (B, 3, H, W); ``kwargs`` override ``generation`` (method, beam_size, ...)."""
+        """Captions of ``images`` (B, 3, H, W); ``kwargs`` override ``generation`` (method, beam_size...)."""
         return self._generate_from_tokens(self.image_encoder(images), **kwargs)
 
     def _generate_from_tokens(self, img_tokens: Tensor, **kwargs: Any) -> list[str]:
@@ -254,7 +260,7 @@ class MaMMUT(BaseModel):
         return out
 
     def caption_targets(self, txt_ids: Tensor, lengths: Tensor) -> Tensor:
-        """Next-token targets (B, L - 1): ``txt_ids[:, 1:]`` with positions after EOS set to ``ignore_index``."""
+        """Next-token targets (B, L - 1): ``txt_ids[:, 1:]``, positions after EOS set to ``ignore_index``."""
         targets = txt_ids[:, 1:].clone()
         positions = torch.arange(targets.shape[1], device=txt_ids.device)[None]
         targets[positions >= (lengths[:, None] - 1)] = self.caption_loss.ignore_index
@@ -291,7 +297,9 @@ class MaMMUT(BaseModel):
                 sample.pred_caption = preds[index]
         return data_samples
 
-    def _forward_tensor(self, inputs: Tensor, data_samples: list[BaseDataElement] | None) -> dict[str, Tensor]:
+    def _forward_tensor(
+        self, inputs: Tensor, data_samples: list[BaseDataElement] | None
+    ) -> dict[str, Tensor]:
         img_tokens = self.image_encoder(inputs)
         out = {'img_tokens': img_tokens, 'img_emb': self.image_embedding(img_tokens)}
         if data_samples and all('text' in sample for sample in data_samples):

@@ -16,7 +16,8 @@ layers (1, 3, ...), so the top layer always cross-attends and image information 
 
 What differs from the paper: the mean pool and the per-layer LayerNorm on the image tokens before the
 cross-attention keys/values are our choices where the paper gives no detail. A :class:`DecoderCache` holds the
-self-attention keys/values (growing per step) and the image keys/values (computed once) for incremental decoding.
+self-attention keys/values (growing per step) and the image keys/values (computed once) for incremental
+decoding.
 """
 
 from __future__ import annotations
@@ -138,7 +139,9 @@ class DecoderBlock(nn.Module):
         img_kv: tuple[Tensor, Tensor] | None = None,
         img_mask: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        attn_out, new_kv = self.self_attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal, past_kv=past_kv)
+        attn_out, new_kv = self.self_attn(
+            self.norm1(x), attn_mask=attn_mask, is_causal=is_causal, past_kv=past_kv
+        )
         x = x + self.drop_path(attn_out)
         if self.has_cross and img_kv is not None:
             x = x + self.drop_path(self.cross_attn(self.norm_cross(x), img_kv, img_mask))
@@ -156,11 +159,12 @@ def _resolve_cross_layers(spec: str | Sequence[int], depth: int) -> tuple[int, .
             return tuple(range(depth))
         if spec == 'none':
             return ()
-        raise ValueError(f"cross_attn_layers must be 'every_other', 'upper_half', 'all', 'none' or a list, got {spec!r}")
-    layers = tuple(sorted({int(i) % depth for i in spec}))
+        raise ValueError(
+            f"cross_attn_layers must be 'every_other', 'upper_half', 'all', 'none' or a list, got {spec!r}"
+        )
     if any(not -depth <= int(i) < depth for i in spec):
         raise ValueError(f'cross_attn_layers {list(spec)} out of range for depth {depth}')
-    return layers
+    return tuple(sorted({int(i) % depth for i in spec}))
 
 
 @MODELS.register_module()
@@ -183,8 +187,8 @@ class MaMMUTTextDecoder(BaseModule):
         grad_checkpointing: recompute layers in the backward pass while training.
         init_cfg: MMEngine init config.
 
-    Shapes: ``txt_ids`` (B, L) long; ``lengths`` (B,) real tokens incl. BOS/EOS; ``img_ctx`` (B, N, W) image tokens
-    already at the decoder width; ``txt_emb`` (B, E); ``logits`` (B, L, V).
+    Shapes: ``txt_ids`` (B, L) long; ``lengths`` (B,) real tokens incl. BOS/EOS; ``img_ctx`` (B, N, W) image
+    tokens already at the decoder width; ``txt_emb`` (B, E); ``logits`` (B, L, V).
     """
 
     def __init__(
@@ -238,7 +242,12 @@ class MaMMUTTextDecoder(BaseModule):
         """Named parameters only the generative pass uses (cross-attention and an untied LM head)."""
         names = []
         for name, param in self.named_parameters():
-            if '.cross_attn.' in name or '.norm_cross.' in name or '.norm_kv.' in name or name.startswith('lm_head.'):
+            if (
+                '.cross_attn.' in name
+                or '.norm_cross.' in name
+                or '.norm_kv.' in name
+                or name.startswith('lm_head.')
+            ):
                 names.append((name, param))
         return names
 
@@ -267,7 +276,9 @@ class MaMMUTTextDecoder(BaseModule):
             img_kv = block.image_kv(img_ctx) if block.has_cross and img_ctx is not None else None
 
             def run(x_in: Tensor, block: DecoderBlock = block, img_kv: tuple | None = img_kv) -> Tensor:
-                return block(x_in, attn_mask=attn_mask, is_causal=is_causal, img_kv=img_kv, img_mask=img_mask)[0]
+                return block(
+                    x_in, attn_mask=attn_mask, is_causal=is_causal, img_kv=img_kv, img_mask=img_mask
+                )[0]
 
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(run, x, use_reentrant=False)
@@ -277,8 +288,14 @@ class MaMMUTTextDecoder(BaseModule):
 
     @staticmethod
     def _img_mask(img_mask: Tensor | None) -> Tensor | None:
-        """(B, N) boolean validity of image tokens -> (B, 1, 1, N) for SDPA."""
-        return None if img_mask is None else img_mask[:, None, None, :].bool()
+        """(B, N) image-token mask -> (B, 1, 1, N) for SDPA.
+
+        Boolean or integer masks mean validity (True / 1 = attend); floating masks are additive (0 / -inf).
+        """
+        if img_mask is None:
+            return None
+        mask = img_mask[:, None, None, :]
+        return mask if mask.is_floating_point() else mask.bool()
 
     # ------------------------------------------------------------------ passes
     def encode_tokens(
@@ -307,7 +324,9 @@ class MaMMUTTextDecoder(BaseModule):
     def forward_contrastive(self, txt_ids: Tensor, lengths: Tensor) -> Tensor:
         """Contrastive pass: bidirectional, no image -> ``txt_emb`` (B, E), not normalised."""
         tokens = self.encode_tokens(txt_ids, causal=False, lengths=lengths)
-        valid = (torch.arange(txt_ids.shape[1], device=txt_ids.device)[None] < lengths[:, None]).to(tokens.dtype)
+        valid = (torch.arange(txt_ids.shape[1], device=txt_ids.device)[None] < lengths[:, None]).to(
+            tokens.dtype
+        )
         pooled = (tokens * valid[..., None]).sum(dim=1) / valid.sum(dim=1, keepdim=True).clamp(min=1.0)
         return self.text_proj(pooled)
 
@@ -355,7 +374,11 @@ class MaMMUTTextDecoder(BaseModule):
         mask = self._img_mask(img_mask)
         for index, block in enumerate(self.blocks):
             x, cache.self_kv[index] = block(
-                x, attn_mask=attn_mask, past_kv=cache.self_kv[index], img_kv=cache.cross_kv[index], img_mask=mask
+                x,
+                attn_mask=attn_mask,
+                past_kv=cache.self_kv[index],
+                img_kv=cache.cross_kv[index],
+                img_mask=mask,
             )
         cache.length = past + new_len
         return self._logits(self.norm_final(x))

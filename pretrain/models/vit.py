@@ -4,9 +4,9 @@ Papers: Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021 (the enco
 "Region-Aware Pretraining for Open-Vocabulary Object Detection with Vision Transformers" (RO-ViT), CVPR 2023,
 Sec. 3.1 (cropped positional embeddings, CPE); Kuo et al., "MaMMUT", TMLR 2023 (uses this encoder).
 
-Cropped positional embeddings: the learned embeddings live at the pretraining grid (e.g. 14x14). In training they
-are bilinearly up-sampled to the grid detection fine-tuning will use (``detection_grid``, e.g. 4x the side), a
-random box is taken from that (area fraction in ``crop_scale``, aspect ratio in ``crop_ratio``, like
+Cropped positional embeddings: the learned embeddings live at the pretraining grid (e.g. 14x14). In training
+they are bilinearly up-sampled to the grid detection fine-tuning will use (``detection_grid``, e.g. 4x the
+side), a random box is taken from that (area fraction in ``crop_scale``, aspect ratio in ``crop_ratio``, like
 ``RandomResizedCrop``) and resized back to the input grid. In eval the full, un-cropped embeddings are used.
 
 What differs from the papers:
@@ -150,7 +150,8 @@ class MaMMUTViT(BaseModule):
         final_norm: LayerNorm on the output tokens (open_clip's ``ln_post``).
         final_pool: pooling of :meth:`forward_pooled`: ``'tok'`` (class token), ``'avg'`` (patch tokens) or
             ``'none'`` (all tokens).
-        output_dim: if set, a bias-free linear ``head`` maps the pooled feature to this size (open_clip ``proj``).
+        output_dim: if set, a bias-free linear ``head`` maps the pooled feature to this size (open_clip
+            ``proj``).
         patch_bias: bias of the patch-embedding conv (open_clip has none).
         cropped_pos_emb: use cropped positional embeddings in training.
         detection_grid: grid side (or (h, w)) the embeddings are up-sampled to before cropping; ``None`` crops
@@ -284,7 +285,9 @@ class MaMMUTViT(BaseModule):
         )
         sample_grid = sample_grid * 2.0 - 1.0
         pos_map = pos_map.expand(boxes.shape[0], -1, -1, -1)
-        cropped = F.grid_sample(pos_map, sample_grid, mode='bilinear', padding_mode='border', align_corners=False)
+        cropped = F.grid_sample(
+            pos_map, sample_grid, mode='bilinear', padding_mode='border', align_corners=False
+        )
         return rearrange(cropped, 'k d h w -> k (h w) d')
 
     def get_pos_embed(self, grid_hw: Sequence[int], batch_size: int = 1) -> Tensor:

@@ -14,7 +14,13 @@ VOCAB, BOS, EOS, PAD = 50, 1, 2, 0
 
 def _decoder(**kwargs) -> MaMMUTTextDecoder:
     cfg = dict(
-        type='MaMMUTTextDecoder', vocab_size=VOCAB, context_length=16, width=32, depth=2, num_heads=4, embed_dim=24
+        type='MaMMUTTextDecoder',
+        vocab_size=VOCAB,
+        context_length=16,
+        width=32,
+        depth=2,
+        num_heads=4,
+        embed_dim=24,
     )
     cfg.update(kwargs)
     torch.manual_seed(0)
@@ -49,7 +55,9 @@ def test_contrastive_pass_bidirectional_and_ignores_padding():
     torch.testing.assert_close(decoder.forward_contrastive(padded, lengths), txt_emb, atol=1e-6, rtol=1e-5)
     garbage = txt_ids.clone()
     garbage[1, 4:] = 33  # values after the EOS are masked out whatever they are
-    torch.testing.assert_close(decoder.forward_contrastive(garbage, lengths)[1], txt_emb[1], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        decoder.forward_contrastive(garbage, lengths)[1], txt_emb[1], atol=1e-6, rtol=1e-5
+    )
 
 
 def test_generative_pass_causal_and_image_dependent():
@@ -76,6 +84,26 @@ def test_image_mask_hides_masked_tokens():
     noisy = img_ctx.clone()
     noisy[0, 3:] += 50.0
     torch.testing.assert_close(decoder.forward_generative(txt_ids, noisy, img_mask)[0], base[0])
+    additive = torch.zeros(2, 5).masked_fill(~img_mask, float('-inf'))
+    torch.testing.assert_close(decoder.forward_generative(txt_ids, img_ctx, additive), base)
+    assert not torch.allclose(decoder.forward_generative(txt_ids, noisy)[0], base[0])
+
+
+def test_grad_checkpointing_same_gradients():
+    decoder = _decoder().train()
+    txt_ids, lengths = _ids()
+    img_ctx = torch.randn(2, 5, 32)
+
+    def grads() -> dict[str, torch.Tensor]:
+        decoder.zero_grad(set_to_none=True)
+        loss = decoder.forward_generative(txt_ids, img_ctx).square().mean()
+        (loss + decoder.forward_contrastive(txt_ids, lengths).square().mean()).backward()
+        return {name: p.grad.clone() for name, p in decoder.named_parameters()}
+
+    plain = grads()
+    decoder.set_grad_checkpointing(True)
+    for name, grad in grads().items():
+        torch.testing.assert_close(grad, plain[name], atol=1e-6, rtol=1e-4)
 
 
 def test_step_cache_equals_full_pass():
@@ -138,7 +166,9 @@ def test_beam_cached_equals_uncached(gen_setup, beam_size, min_len):
     uncached = beam_search(decoder, img_ctx, use_cache=False, **kwargs)
     assert torch.equal(cached, uncached)
     if min_len:
-        assert cached.shape[1] > 3 and not torch.equal(cached, greedy_search(decoder, img_ctx, max_len=10, min_len=min_len, **SPECIAL))
+        assert cached.shape[1] > 3 and not torch.equal(
+            cached, greedy_search(decoder, img_ctx, max_len=10, min_len=min_len, **SPECIAL)
+        )
 
 
 @pytest.mark.parametrize('min_len', [0, 2])

@@ -10,7 +10,9 @@ from toolkit.registry import MODELS
 
 
 def _vit(**kwargs) -> MaMMUTViT:
-    cfg = dict(type='MaMMUTViT', img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, detection_grid=16)
+    cfg = dict(
+        type='MaMMUTViT', img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, detection_grid=16
+    )
     cfg.update(kwargs)
     torch.manual_seed(0)
     return MODELS.build(cfg)

@@ -1,0 +1,82 @@
+"""ImageCaptionDataset and the image-text transforms on Shapes World (COCO captions format)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from toolkit.registry import DATASETS
+
+PIPELINE = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(32, 32), keep_ratio=False),
+    dict(type='SampleCaption'),
+    dict(type='PackImageTextInputs'),
+]
+
+
+def _build(root: Path, ann_file: str = 'annotations/captions_train.json', **kwargs: object):  # type: ignore[no-untyped-def]
+    cfg = dict(type='ImageCaptionDataset', data_root=str(root), ann_file=ann_file,
+               data_prefix=dict(img_path='images/train/'), pipeline=PIPELINE, **kwargs)  # fmt: skip
+    return DATASETS.build(cfg)
+
+
+def test_one_record_per_image_with_all_captions(shapes_tiny: Path) -> None:
+    dataset = _build(shapes_tiny)
+    ann = json.loads((shapes_tiny / 'annotations/captions_train.json').read_text())
+    assert len(dataset) == len(ann['images'])
+    info = dataset.get_data_info(0)
+    expected = [a['caption'] for a in ann['annotations'] if a['image_id'] == info['img_id']]
+    assert info['captions'] == expected and len(expected) == 5
+
+
+def test_pipeline_packs_image_and_a_sampled_caption(shapes_tiny: Path) -> None:
+    dataset = _build(shapes_tiny)
+    random.seed(0)
+    seen = set()
+    for _ in range(20):
+        item = dataset[0]
+        assert item['inputs'].shape == (3, 32, 32) and item['inputs'].dtype == torch.uint8
+        sample = item['data_samples']
+        assert sample.text in sample.gt_captions
+        assert sample.img_id == dataset.get_data_info(0)['img_id']
+        seen.add(sample.text)
+    assert len(seen) > 1, 'SampleCaption always picked the same caption'
+
+
+def _write_ann(root: Path, images: list, annotations: list) -> str:
+    path = root / 'annotations' / 'bad.json'
+    path.write_text(json.dumps(dict(images=images, annotations=annotations)))
+    return 'annotations/bad.json'
+
+
+@pytest.mark.parametrize(
+    'images,annotations,match',
+    [
+        ([{'id': 1, 'file_name': '../secret.jpg'}], [{'image_id': 1, 'caption': 'x'}], 'escapes the data root'),
+        ([{'id': 1, 'file_name': '/etc/passwd'}], [{'image_id': 1, 'caption': 'x'}], 'escapes the data root'),
+        ([{'id': 1, 'file_name': 'missing.jpg'}], [{'image_id': 1, 'caption': 'x'}], 'missing.jpg'),
+        ([{'id': 1, 'file_name': '000000000001.jpg'}], [{'image_id': 9, 'caption': 'x'}], 'unknown image ids'),
+        ([{'id': 1, 'file_name': '000000000001.jpg'}], [{'image_id': 1, 'caption': 3}], r'annotations\[0\]'),
+    ],
+)
+def test_bad_annotations_name_file_and_problem(tmp_path: Path, shapes_tiny: Path, images: list,
+                                               annotations: list, match: str) -> None:  # fmt: skip
+    root = tmp_path / 'copy'
+    (root / 'annotations').mkdir(parents=True)
+    (root / 'images').symlink_to(shapes_tiny / 'images')
+    ann_file = _write_ann(root, images, annotations)
+    with pytest.raises((ValueError, FileNotFoundError), match=match) as err:
+        _build(root, ann_file=ann_file)
+    assert 'bad.json' in str(err.value)
+
+
+def test_malformed_json_is_reported(tmp_path: Path) -> None:
+    (tmp_path / 'annotations').mkdir()
+    (tmp_path / 'annotations' / 'broken.json').write_text('{"images": [')
+    with pytest.raises(ValueError, match='broken.json.*not valid JSON'):
+        _build(tmp_path, ann_file='annotations/broken.json')

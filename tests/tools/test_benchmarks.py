@@ -1,0 +1,96 @@
+"""Smoke tests of tools/benchmark: both scripts run at toy size and end with a JSON line holding their numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+BENCHMARK_DIR = Path(__file__).resolve().parents[2] / 'tools' / 'benchmark'
+
+
+@pytest.fixture
+def load_script(monkeypatch: pytest.MonkeyPatch):
+    """Import a benchmark script by path, its folder on ``sys.path`` as when run directly."""
+    monkeypatch.syspath_prepend(str(BENCHMARK_DIR))
+    threads = torch.get_num_threads()
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(f'benchmark_{name}', BENCHMARK_DIR / f'{name}.py')
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)
+        spec.loader.exec_module(module)
+        return module
+
+    yield load
+    torch.set_num_threads(threads)  # the scripts set it
+
+
+def _last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_train_step_tiny(load_script, capsys: pytest.CaptureFixture[str]) -> None:
+    train_step = load_script('train_step')
+    assert train_step.main(['--tiny', '--threads', '1']) == 0
+    result = _last_json(capsys.readouterr().out)
+    for key in (
+        'time_ratio_two_pass_vs_contrastive',
+        'flop_ratio_two_pass_vs_contrastive',
+        'time_over_flop_ratio',
+        'flops_per_s_ratio_ours_vs_coca',
+    ):
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    assert isinstance(result['time_over_flop_target_met'], bool)
+    assert isinstance(result['flops_per_s_target_met'], bool)
+    assert set(result['models']) == {'two_pass', 'contrastive', 'coca'}
+    for stats in result['models'].values():
+        assert stats['min_ms'] <= stats['median_ms'] <= stats['max_ms']
+        assert stats['gflop'] > 0 and stats['gflop_per_s'] > 0
+    # The generative pass adds arithmetic: cross-attention, a causal pass through every layer, the LM head.
+    assert result['flop_ratio_two_pass_vs_contrastive'] > 1.2
+    assert result['time_over_flop_ratio'] == pytest.approx(
+        result['time_ratio_two_pass_vs_contrastive'] / result['flop_ratio_two_pass_vs_contrastive']
+    )
+    assert result['config']['cross_attn_layers'] == 1  # 'every_other' in a 2-layer decoder
+
+
+def test_count_flops_includes_cpu_attention(load_script) -> None:
+    common = load_script('_common')
+    query = torch.randn(2, 3, 5, 8, requires_grad=True)
+    key, value = torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 8)
+
+    def attention() -> None:
+        torch.nn.functional.scaled_dot_product_attention(query, key, value).sum().backward()
+
+    # forward: QK^T and PV (2 * 2 * B * H * Lq * Lk * D); backward: 5 products of the same size.
+    assert common.count_flops(attention) == 7 * 2 * 2 * 3 * 5 * 7 * 8
+
+
+def test_id_tokenizer_round_trip(load_script) -> None:
+    common = load_script('_common')
+    tokenizer = common.IdTokenizer(vocab_size=100, context_length=8)
+    captions = common.random_captions(3, vocab_size=100, min_tokens=2, max_tokens=4, generator=torch.Generator())
+    txt_ids = tokenizer(captions)
+    assert txt_ids.shape == (3, 8)
+    assert (txt_ids[:, 0] == 98).all()
+    assert tokenizer.batch_decode(txt_ids) == captions
+    assert tokenizer.lengths(txt_ids).tolist() == [len(c.split()) + 2 for c in captions]
+
+
+def test_generate_tiny(load_script, capsys: pytest.CaptureFixture[str]) -> None:
+    generate = load_script('generate')
+    assert generate.main(['--tiny', '--threads', '1']) == 0
+    out = capsys.readouterr().out
+    result = _last_json(out)
+    assert result['identical'] is True
+    assert 'identical: True' in out
+    assert math.isfinite(result['speedup_greedy']) and result['speedup_greedy'] > 0
+    assert math.isfinite(result['speedup_beam']) and result['speedup_beam'] > 0
+    assert set(result['variants']) == {'greedy_cached', 'greedy_uncached', 'beam_cached', 'beam_uncached'}

@@ -1,0 +1,312 @@
+"""Training-step cost of MaMMUT's two passes against its contrastive pass alone and open_clip's CoCa.
+
+``python tools/benchmark/train_step.py [--batch-size 8] [--img-size 224] [--width 768] [--depth 12] ...``
+
+One process, one data batch and one optimizer recipe (AdamW) for three models; their steps (forward,
+backward, optimizer step) run interleaved (A, B, C, A, B, C, ...) after warm-up rounds, and each model's FLOPs
+of one forward + backward are counted with ``torch.utils.flop_counter.FlopCounterMode``:
+
+1. ``two_pass``: MaMMUT (Kuo et al., TMLR 2023, Sec. 3) with both passes, contrastive and generative
+   (``contrastive_only=False``), through ``MaMMUT.loss``;
+2. ``contrastive``: the same model with ``contrastive_only=True`` (no cross-attention, no captioning);
+3. ``coca``: open_clip's ``CoCa`` (Yu et al., 2022) at random init with ``open_clip.CoCaLoss``
+   (caption + contrastive, weights 1 and 1).
+
+Defaults follow the issue's targets: ViT-B/16 at 224 px, a 12-layer decoder (width 768, 12 heads,
+cross-attention in the 6 odd layers), batch 8, fp32 on CPU, CLIP vocabulary (49408), context 32; captions are
+random token ids of 8 to 20 tokens (COCO captions average about 11 words). ``--width``/``--depth`` set the ViT
+and the decoder together (heads = width / 64, as in ViT-B).
+
+CoCa at matched widths and depths: our decoder has N layers, cross-attention in M of them. CoCa splits its
+text side into a unimodal (causal) text tower and a multimodal decoder whose every layer cross-attends, so
+CoCa gets N - M unimodal + M multimodal layers, same width, heads, vocabulary and context. Note that each
+open_clip multimodal layer is a self-attention block AND a cross-attention block, each with its own MLP: its
+M multimodal layers hold 2M MLPs where ours hold M. The vision tower is open_clip's CoCa ViT (class token,
+attentional pooler with 256 queries, the decoder cross-attends to 255 of them) at the same width/depth.
+
+Printed per model: median step time, GFLOP per step, achieved GFLOP/s; then one JSON line with the numbers,
+``time_ratio_two_pass_vs_contrastive`` (median of the per-round ratios, robust to drifts of a shared
+machine), ``flop_ratio_two_pass_vs_contrastive``, ``time_over_flop_ratio`` (target <= 1.05: the second pass
+costs no more than its arithmetic) and ``flops_per_s_ratio_ours_vs_coca`` (two-pass MaMMUT's achieved FLOP/s
+over CoCa's, target >= 1.0), with a boolean per target. ``--profile`` prints torch.profiler tables of one
+step of the two MaMMUT variants to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from mmengine.structures import BaseDataElement
+from torch import Tensor, nn
+
+from _common import (
+    CLIP_VOCAB_SIZE,
+    IdTokenizer,
+    build_mammut,
+    count_flops,
+    emit_json,
+    interleaved_timings,
+    log,
+    random_captions,
+    seed_everything,
+    set_threads,
+    summarize,
+)
+
+__all__ = ['TrainStep', 'build_coca', 'main', 'parse_args']
+
+TIME_OVER_FLOP_TARGET = 1.05
+FLOPS_PER_S_TARGET = 1.0
+TINY = dict(batch_size=2, img_size=32, width=64, depth=2, repeats=2, warmup=1, vocab_size=512, context_length=16)
+
+
+class TrainStep:
+    """One optimizer step of ``model``: ``loss_fn()`` -> total loss, backward, ``AdamW.step``."""
+
+    def __init__(self, *, model: nn.Module, loss_fn: Callable[[], Tensor], lr: float, weight_decay: float) -> None:
+        self.model = model.train()
+        self.loss_fn = loss_fn
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def __call__(self) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn()
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def forward_backward(self) -> None:
+        """What the FLOPs are counted on: the loss and its backward (AdamW is element-wise, uncounted)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss_fn().backward()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def build_coca(
+    *, img_size: int, width: int, depth: int, num_heads: int, cross_layers: int, vocab_size: int, context_length: int
+) -> nn.Module:
+    """open_clip ``CoCa`` at random init: ``depth - cross_layers`` unimodal + ``cross_layers`` multimodal layers."""
+    import open_clip
+
+    vision_cfg = dict(
+        image_size=img_size,
+        patch_size=16,
+        width=width,
+        layers=depth,
+        head_width=width // num_heads,
+        attentional_pool=True,  # open_clip's CoCa configs: 256-query attentional pooler
+        attn_pooler_queries=256,
+        attn_pooler_heads=num_heads,
+        output_tokens=True,
+    )
+    text_cfg = dict(
+        context_length=context_length,
+        vocab_size=vocab_size,
+        width=width,
+        heads=num_heads,
+        layers=depth - cross_layers,
+        embed_cls=True,
+        output_tokens=True,
+        pad_id=0,
+    )
+    multimodal_cfg = dict(
+        context_length=context_length,
+        vocab_size=vocab_size,
+        width=width,
+        heads=num_heads,
+        layers=cross_layers,
+        attn_pooler_heads=num_heads,
+    )
+    return open_clip.CoCa(
+        embed_dim=width, multimodal_cfg=multimodal_cfg, text_cfg=text_cfg, vision_cfg=vision_cfg, pad_id=0
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--width', type=int, default=768, help='ViT and decoder width')
+    parser.add_argument('--depth', type=int, default=12, help='ViT and decoder depth')
+    parser.add_argument('--vocab-size', type=int, default=CLIP_VOCAB_SIZE)
+    parser.add_argument('--context-length', type=int, default=32)
+    parser.add_argument('--repeats', type=int, default=5, help='timed rounds (each runs every model once)')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed rounds first')
+    parser.add_argument('--threads', type=int, default=None, help='torch threads (default: all cores)')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--lr', type=float, default=1e-4)
+    parser.add_argument('--weight-decay', type=float, default=0.05)
+    parser.add_argument('--no-coca', action='store_true', help='skip the CoCa baseline')
+    parser.add_argument('--profile', action='store_true', help='torch.profiler tables of the MaMMUT steps')
+    parser.add_argument('--tiny', action='store_true', help='a seconds-long run at toy size (smoke test)')
+    args = parser.parse_args(argv)
+    if args.tiny:
+        for key, value in TINY.items():
+            setattr(args, key, value)
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error('--repeats must be >= 1 and --warmup >= 0')
+    return args
+
+
+def _make_data(args: argparse.Namespace, tokenizer: IdTokenizer, device: torch.device) -> dict[str, Any]:
+    generator = torch.Generator().manual_seed(args.seed)
+    images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=generator)
+    max_tokens = min(20, args.context_length - 2)
+    captions = random_captions(
+        args.batch_size,
+        vocab_size=args.vocab_size,
+        min_tokens=min(8, max_tokens),
+        max_tokens=max_tokens,
+        generator=generator,
+    )
+    return {
+        'images': images.to(device),
+        'samples': [BaseDataElement(text=caption) for caption in captions],
+        'txt_ids': tokenizer(captions).to(device),
+    }
+
+
+def _mammut_step(model: nn.Module, data: dict[str, Any], args: argparse.Namespace) -> TrainStep:
+    def loss_fn() -> Tensor:
+        losses = model(data['images'], data['samples'], mode='loss')
+        return sum(value for key, value in losses.items() if 'loss' in key)  # MMEngine's rule
+
+    return TrainStep(model=model, loss_fn=loss_fn, lr=args.lr, weight_decay=args.weight_decay)
+
+
+def _coca_step(model: nn.Module, data: dict[str, Any], args: argparse.Namespace) -> TrainStep:
+    import open_clip
+
+    criterion = open_clip.CoCaLoss(caption_loss_weight=1.0, clip_loss_weight=1.0, pad_id=0)
+
+    def loss_fn() -> Tensor:
+        out = model(data['images'], data['txt_ids'])
+        clip_loss, caption_loss = criterion(
+            out['image_features'], out['text_features'], out['logits'], out['labels'], out['logit_scale']
+        )
+        return clip_loss + caption_loss
+
+    return TrainStep(model=model, loss_fn=loss_fn, lr=args.lr, weight_decay=args.weight_decay)
+
+
+def _num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _profile(steps: dict[str, TrainStep]) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    for name in ('two_pass', 'contrastive'):
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+            steps[name]()
+        log(f'\n=== torch.profiler: one {name} step, top ops by self CPU time ===')
+        log(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=25))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    threads = set_threads(args.threads)
+    device = torch.device(args.device)
+    num_heads = max(1, args.width // 64)
+    tokenizer = IdTokenizer(vocab_size=args.vocab_size, context_length=args.context_length)
+    data = _make_data(args, tokenizer, device)
+    shape = dict(img_size=args.img_size, width=args.width, depth=args.depth, num_heads=num_heads)
+
+    steps: dict[str, TrainStep] = {}
+    seed_everything(args.seed)
+    two_pass = build_mammut(tokenizer=tokenizer, contrastive_only=False, **shape).to(device)
+    steps['two_pass'] = _mammut_step(two_pass, data, args)
+    seed_everything(args.seed)
+    contrastive = build_mammut(tokenizer=tokenizer, contrastive_only=True, **shape).to(device)
+    steps['contrastive'] = _mammut_step(contrastive, data, args)
+    cross_layers = len(two_pass.text_decoder.cross_layers)
+    if not args.no_coca:
+        seed_everything(args.seed)
+        coca = build_coca(
+            cross_layers=cross_layers, vocab_size=args.vocab_size, context_length=args.context_length, **shape
+        ).to(device)
+        steps['coca'] = _coca_step(coca, data, args)
+
+    log(
+        f'train step: batch {args.batch_size}, {args.img_size} px, width {args.width}, depth {args.depth} '
+        f'({cross_layers} cross-attention layers), {num_heads} heads, vocab {args.vocab_size}, '
+        f'context {args.context_length}, fp32, {device}, {threads} threads'
+    )
+    for name, step in steps.items():
+        log(f'  {name:<12} {_num_params(step.model) / 1e6:8.1f} M trainable parameters')
+
+    flops: dict[str, int] = {}
+
+    def count_all() -> None:  # after warm-up: every lazy buffer (AdamW state, caches) exists
+        for name, step in steps.items():
+            seed_everything(args.seed)
+            flops[name] = count_flops(step.forward_backward)
+            log(f'  FLOPs of one {name} forward + backward: {flops[name] / 1e9:.2f} GFLOP')
+
+    seed_everything(args.seed)
+    times = interleaved_timings(
+        dict(steps), repeats=args.repeats, warmup=args.warmup, device=device, on_warmup_done=count_all
+    )
+    if not flops:  # warmup == 0
+        count_all()
+    if args.profile:
+        _profile(steps)
+
+    results: dict[str, Any] = {}
+    print(f'{"model":<12} {"step ms (median)":>16} {"min":>9} {"max":>9} {"GFLOP":>9} {"GFLOP/s":>9}')
+    for name in steps:
+        stats = summarize(times[name])
+        gflop = flops[name] / 1e9
+        gflops_per_s = gflop / (stats['median_ms'] / 1e3)
+        results[name] = {**stats, 'gflop': gflop, 'gflop_per_s': gflops_per_s, 'params_m': _num_params(steps[name].model) / 1e6}
+        print(
+            f'{name:<12} {stats["median_ms"]:16.1f} {stats["min_ms"]:9.1f} {stats["max_ms"]:9.1f} '
+            f'{gflop:9.2f} {gflops_per_s:9.2f}'
+        )
+
+    paired = [a / b for a, b in zip(times['two_pass'], times['contrastive'], strict=True)]
+    time_ratio = statistics.median(paired)
+    flop_ratio = flops['two_pass'] / flops['contrastive']
+    summary: dict[str, Any] = {
+        'config': {
+            'batch_size': args.batch_size,
+            'img_size': args.img_size,
+            'width': args.width,
+            'depth': args.depth,
+            'cross_attn_layers': cross_layers,
+            'num_heads': num_heads,
+            'vocab_size': args.vocab_size,
+            'context_length': args.context_length,
+            'device': str(device),
+            'threads': threads,
+            'repeats': args.repeats,
+            'warmup': args.warmup,
+        },
+        'models': results,
+        'time_ratio_two_pass_vs_contrastive': time_ratio,
+        'time_ratio_of_medians': results['two_pass']['median_ms'] / results['contrastive']['median_ms'],
+        'flop_ratio_two_pass_vs_contrastive': flop_ratio,
+        'time_over_flop_ratio': time_ratio / flop_ratio,
+    }
+    summary['time_over_flop_target_met'] = summary['time_over_flop_ratio'] <= TIME_OVER_FLOP_TARGET
+    print(
+        f'two-pass / contrastive: time x{time_ratio:.3f} (median of per-round ratios), FLOPs x{flop_ratio:.3f}, '
+        f'time/FLOP ratio {summary["time_over_flop_ratio"]:.3f} (target <= {TIME_OVER_FLOP_TARGET})'
+    )
+    if 'coca' in steps:
+        ratio = results['two_pass']['gflop_per_s'] / results['coca']['gflop_per_s']
+        summary['flops_per_s_ratio_ours_vs_coca'] = ratio
+        summary['flops_per_s_target_met'] = ratio >= FLOPS_PER_S_TARGET
+        print(f'achieved FLOP/s, two-pass MaMMUT / CoCa: {ratio:.3f} (target >= {FLOPS_PER_S_TARGET})')
+    emit_json(summary)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
