@@ -192,7 +192,9 @@ def test_distributed_gather_matches_single_process():
         full = loss_fn(img_full, txt_full, 12.0, -4.0)
         full.backward()
         # mean of the per-rank losses is the full-batch loss
-        assert math.isclose(0.5 * (results[0][name][0] + results[1][name][0]), float(full), rel_tol=1e-5)
+        assert math.isclose(
+            0.5 * (results[0][name][0] + results[1][name][0]), float(full.detach()), rel_tol=1e-5
+        )
         assert results[1][name][3] == [4, 5, 6, 7]  # offset positives on rank 1
         for rank in range(2):
             rows = slice(rank * 4, (rank + 1) * 4)

@@ -139,7 +139,7 @@ def build_mammut(
     num_heads: int,
     contrastive_only: bool = False,
 ) -> torch.nn.Module:
-    """MaMMUT from ``configs/_base_/models/mammut_vit-b16-dec12.py``, ViT and decoder set to ``width``/``depth``.
+    """MaMMUT of ``configs/_base_/models/mammut_vit-b16-dec12.py``, ViT and decoder at ``width``/``depth``.
 
     Everything else (patch 16, cropped positional embeddings, ``every_other`` cross-attention, focal loss,
     label smoothing, average pooling) is the config's; ``embed_dim`` is set to ``width``.
@@ -164,7 +164,9 @@ def count_flops(fn: Callable[[], Any]) -> int:
         batch, heads, len_q, dim = q_shape
         return 2 * batch * heads * len_q * k_shape[2] * (dim + v_shape[3])
 
-    def sdpa_backward(grad_shape, q_shape, k_shape, v_shape, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    def sdpa_backward(
+        grad_shape, q_shape, k_shape, v_shape, *args: Any, out_shape: Any = None, **kwargs: Any
+    ) -> int:
         batch, heads, len_q, dim = q_shape
         return 2 * batch * heads * len_q * k_shape[2] * (3 * dim + 2 * v_shape[3])
 
@@ -204,7 +206,10 @@ def interleaved_timings(
             fn()
             synchronize(device)
             seconds = time.perf_counter() - start
-            label = f'warm-up {round_index + 1}/{warmup}' if is_warmup else f'repeat {round_index - warmup + 1}/{repeats}'
+            if is_warmup:
+                label = f'warm-up {round_index + 1}/{warmup}'
+            else:
+                label = f'repeat {round_index - warmup + 1}/{repeats}'
             log(f'  {label:>16}  {name:<22} {seconds * 1e3:10.1f} ms')
             if not is_warmup:
                 times[name].append(seconds)

@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         img_ctx = model.image_context(model.image_encoder(images))
     log(
         f'generation: batch {args.batch_size}, {args.img_size} px, width {args.width}, depth {args.depth} '
-        f'({len(decoder.cross_layers)} cross-attention layers), vocab {args.vocab_size}, {args.new_tokens} new '
-        f'tokens, beam {args.beam_size}, fp32, {device}, {threads} threads'
+        f'({len(decoder.cross_layers)} cross-attention layers), vocab {args.vocab_size}, '
+        f'{args.new_tokens} new tokens, beam {args.beam_size}, fp32, {device}, {threads} threads'
     )
 
     outputs: dict[str, list[Tensor]] = {}
@@ -142,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         for method in ('greedy', 'beam')
     }
     print(
-        f'speed-up of the cache: greedy x{speedup["greedy"]:.2f}, beam {args.beam_size} x{speedup["beam"]:.2f} '
-        f'(target >= {SPEEDUP_TARGET}); identical outputs: {identical}'
+        f'speed-up of the cache: greedy x{speedup["greedy"]:.2f}, '
+        f'beam {args.beam_size} x{speedup["beam"]:.2f} (target >= {SPEEDUP_TARGET}); '
+        f'identical outputs: {identical}'
     )
     emit_json(
         {
