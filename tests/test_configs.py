@@ -44,7 +44,10 @@ def test_config_builds_and_trains_one_step(path: Path) -> None:
     size = model.image_encoder.img_size if hasattr(model.image_encoder, 'img_size') else 32
     size = size[0] if isinstance(size, (tuple, list)) else size
     images = [torch.randint(0, 255, (3, size, size), dtype=torch.uint8) for _ in range(2)]
-    samples = [BaseDataElement(text='a red circle above a blue square'), BaseDataElement(text='two green stars')]
+    samples = [
+        BaseDataElement(text='a red circle above a blue square'),
+        BaseDataElement(text='two green stars'),
+    ]
     optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
     data = model.data_preprocessor(dict(inputs=images, data_samples=samples), training=True)
     losses = model(**data, mode='loss')
@@ -57,5 +60,6 @@ def test_config_builds_and_trains_one_step(path: Path) -> None:
 def test_committed_shapes_tokenizer_matches_generator(shapes_tiny: Path) -> None:
     committed = (REPO / 'configs/_base_/tokenizers/shapes_world.json').read_text()
     assert committed == (shapes_tiny / 'tokenizer.json').read_text(), (
-        'the Shapes World vocabulary changed: copy a freshly generated tokenizer.json to configs/_base_/tokenizers/'
+        'the Shapes World vocabulary changed: copy a freshly generated tokenizer.json to '
+        'configs/_base_/tokenizers/'
     )

@@ -48,11 +48,16 @@ class UnsafeCheckpointError(RuntimeError):
 
 
 def _refusal_reason(message: str) -> str:
-    patterns = (r'Unsupported global: GLOBAL ([\w.]+)', r'unsupported GLOBAL ([\w.]+)', r"but got <class '([\w.]+)'>")
+    patterns = (
+        r'Unsupported global: GLOBAL ([\w.]+)',
+        r'unsupported GLOBAL ([\w.]+)',
+        r"but got <class '([\w.]+)'>",
+    )
     for pattern in patterns:
         match = re.search(pattern, message)
         if match:
-            return f'it needs {match.group(1)!r}, which is not on the allow-list (toolkit.checkpoint.SAFE_GLOBALS)'
+            allow = 'toolkit.checkpoint.SAFE_GLOBALS'
+            return f'it needs {match.group(1)!r}, which is not on the allow-list ({allow})'
     return 'it could not be unpickled with weights_only=True'
 
 

@@ -60,9 +60,13 @@ class LossCurveHook(Hook):
         if getattr(runner, '_resume', False) and os.path.isfile(path):
             with open(path) as f:
                 saved = json.load(f)
-            self.points = {k: [(int(i), float(v)) for i, v in pts if i <= runner.iter] for k, pts in saved.items()}
+            self.points = {
+                k: [(int(i), float(v)) for i, v in pts if i <= runner.iter] for k, pts in saved.items()
+            }
 
-    def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
+    def after_train_iter(
+        self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None
+    ) -> None:
         step = runner.iter + 1
         if not outputs or (step % self.interval and step != 1):
             return

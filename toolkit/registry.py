@@ -50,7 +50,9 @@ class ToolkitRegistry(Registry):
             if self.get(obj_type) is None:
                 close = difflib.get_close_matches(obj_type.split('.')[-1], self._visible_keys(), n=3)
                 hint = f' Did you mean {", ".join(repr(c) for c in close)}?' if close else ''
-                raise KeyError(f'{obj_type!r} is not registered in the {self.scope}::{self.name} registry.{hint}')
+                raise KeyError(
+                    f'{obj_type!r} is not registered in the {self.scope}::{self.name} registry.{hint}'
+                )
         return super().build(cfg, *args, **kwargs)
 
 

@@ -30,7 +30,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    cfg = load_config(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options, launcher=args.launcher)
+    cfg = load_config(
+        args.config, work_dir=args.work_dir, cfg_options=args.cfg_options, launcher=args.launcher
+    )
     cfg.load_from = args.checkpoint
     runner = build_runner(cfg)
     metrics = runner.test()

@@ -34,7 +34,11 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     cfg = load_config(
-        args.config, work_dir=args.work_dir, cfg_options=args.cfg_options, launcher=args.launcher, amp=args.amp
+        args.config,
+        work_dir=args.work_dir,
+        cfg_options=args.cfg_options,
+        launcher=args.launcher,
+        amp=args.amp,
     )
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None

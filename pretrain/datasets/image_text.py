@@ -66,7 +66,9 @@ class ImageCaptionDataset(BaseDataset):
         captions: dict[int, list[str]] = defaultdict(list)
         for i, record in enumerate(ann['annotations']):
             if not isinstance(record.get('caption'), str) or 'image_id' not in record:
-                raise ValueError(f'{self.ann_file}: annotations[{i}] needs a string "caption" and an "image_id"')
+                raise ValueError(
+                    f'{self.ann_file}: annotations[{i}] needs a string "caption" and an "image_id"'
+                )
             captions[record['image_id']].append(record['caption'].strip())
 
         img_root = self.data_prefix.get('img_path', '')
@@ -78,7 +80,9 @@ class ImageCaptionDataset(BaseDataset):
                 continue  # an image without captions has nothing to learn or evaluate
             img_path = _resolve_inside(img_root, image['file_name'], self.ann_file)
             if self.check_files and not osp.isfile(img_path):
-                raise FileNotFoundError(f'{self.ann_file}: image {img_path} (id {image["id"]}) does not exist')
+                raise FileNotFoundError(
+                    f'{self.ann_file}: image {img_path} (id {image["id"]}) does not exist'
+                )
             data_list.append(dict(img_path=img_path, img_id=int(image['id']), captions=captions[image['id']]))
         unknown = set(captions) - {image['id'] for image in ann['images']}
         if unknown:
@@ -89,5 +93,3 @@ class ImageCaptionDataset(BaseDataset):
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}(ann_file={self.ann_file!r}, images={len(self)})'
-
-

@@ -34,7 +34,9 @@ class PackImageTextInputs(BaseTransform):
     ``ori_shape``, ``img_shape`` by default).
     """
 
-    def __init__(self, *, meta_keys: tuple[str, ...] = ('img_id', 'img_path', 'ori_shape', 'img_shape')) -> None:
+    def __init__(
+        self, *, meta_keys: tuple[str, ...] = ('img_id', 'img_path', 'ori_shape', 'img_shape')
+    ) -> None:
         self.meta_keys = meta_keys
 
     def transform(self, results: dict[str, Any]) -> dict[str, Any]:

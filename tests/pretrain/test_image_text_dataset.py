@@ -57,10 +57,18 @@ def _write_ann(root: Path, images: list, annotations: list) -> str:
 @pytest.mark.parametrize(
     'images,annotations,match',
     [
-        ([{'id': 1, 'file_name': '../secret.jpg'}], [{'image_id': 1, 'caption': 'x'}], 'escapes the data root'),
+        (
+            [{'id': 1, 'file_name': '../secret.jpg'}],
+            [{'image_id': 1, 'caption': 'x'}],
+            'escapes the data root',
+        ),
         ([{'id': 1, 'file_name': '/etc/passwd'}], [{'image_id': 1, 'caption': 'x'}], 'escapes the data root'),
         ([{'id': 1, 'file_name': 'missing.jpg'}], [{'image_id': 1, 'caption': 'x'}], 'missing.jpg'),
-        ([{'id': 1, 'file_name': '000000000001.jpg'}], [{'image_id': 9, 'caption': 'x'}], 'unknown image ids'),
+        (
+            [{'id': 1, 'file_name': '000000000001.jpg'}],
+            [{'image_id': 9, 'caption': 'x'}],
+            'unknown image ids',
+        ),
         ([{'id': 1, 'file_name': '000000000001.jpg'}], [{'image_id': 1, 'caption': 3}], r'annotations\[0\]'),
     ],
 )

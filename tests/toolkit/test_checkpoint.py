@@ -10,9 +10,8 @@ import pytest
 import torch
 from mmengine.logging import HistoryBuffer
 from mmengine.model import BaseModel
-from torch.utils.data import Dataset
-
 from mmengine.runner import Runner
+from torch.utils.data import Dataset
 
 from toolkit.checkpoint import UnsafeCheckpointError, from_plain, load_state_dict_file, safe_load, to_plain
 from toolkit.hooks import SafeCheckpointHook
@@ -42,7 +41,10 @@ def _runner(work_dir: Path, max_epochs: int, resume_from: Path | None = None) ->
             model=_Regressor(),
             work_dir=str(work_dir),
             train_dataloader=dict(
-                dataset=_Pairs(), batch_size=4, sampler=dict(type='DefaultSampler', shuffle=True), num_workers=0
+                dataset=_Pairs(),
+                batch_size=4,
+                sampler=dict(type='DefaultSampler', shuffle=True),
+                num_workers=0,
             ),
             train_cfg=dict(by_epoch=True, max_epochs=max_epochs),
             optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-2)),

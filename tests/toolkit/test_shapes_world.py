@@ -21,17 +21,35 @@ from toolkit.shapes_world import (
     lvis_frequency,
 )
 
-ANN_FILES = ('captions_train.json', 'captions_val.json', 'captions_test.json', 'instances_train.json',
-             'instances_val.json', 'instances_test.json', 'instances_train_base.json', 'ov_split.json',
-             'lvis_v1_train.json', 'lvis_v1_val.json')
-MSRVTT_FILES = ('train_val_videodatainfo.json', 'test_videodatainfo.json', 'train_qa.json', 'val_qa.json',
-                'test_qa.json')
-JSON_FILES = tuple(f'annotations/{f}' for f in ANN_FILES) + tuple(f'msrvtt/{f}' for f in MSRVTT_FILES) + (
-    'tokenizer.json', '.complete')
+ANN_FILES = (
+    'captions_train.json',
+    'captions_val.json',
+    'captions_test.json',
+    'instances_train.json',
+    'instances_val.json',
+    'instances_test.json',
+    'instances_train_base.json',
+    'ov_split.json',
+    'lvis_v1_train.json',
+    'lvis_v1_val.json',
+)
+MSRVTT_FILES = (
+    'train_val_videodatainfo.json',
+    'test_videodatainfo.json',
+    'train_qa.json',
+    'val_qa.json',
+    'test_qa.json',
+)
+JSON_FILES = (
+    tuple(f'annotations/{f}' for f in ANN_FILES)
+    + tuple(f'msrvtt/{f}' for f in MSRVTT_FILES)
+    + ('tokenizer.json', '.complete')
+)
 PLURAL_RE = re.compile(r'\b(two|three|four) (\w+) (circles|squares|triangles|stars|hexagons|crosses)\b')
 RELATION_RE = re.compile(
     r'^(an? \w+ \w+) (?:is )?(to the left of|left of|to the right of|right of|above|over|below|under) '
-    r'(an? \w+ \w+)\b')
+    r'(an? \w+ \w+)\b'
+)
 
 
 @pytest.fixture(scope='module')
@@ -74,8 +92,10 @@ def test_determinism_workers_and_seed(tmp_path) -> None:
         names = sorted(os.listdir(os.path.join(a, 'images', split)))
         assert names == sorted(os.listdir(os.path.join(b, 'images', split)))
         for name in names:
-            with open(os.path.join(a, 'images', split, name), 'rb') as fa, \
-                    open(os.path.join(b, 'images', split, name), 'rb') as fb:
+            with (
+                open(os.path.join(a, 'images', split, name), 'rb') as fa,
+                open(os.path.join(b, 'images', split, name), 'rb') as fb,
+            ):
                 assert fa.read() == fb.read()
     for rel in ('annotations/instances_train.json', 'annotations/captions_val.json', 'msrvtt/train_qa.json'):
         da, dc = _load(a, rel), _load(c, rel)
@@ -133,8 +153,14 @@ def test_coco_instances_and_captions(world: tuple[str, dict]) -> None:
                     centres = {inst.cats[a['category_id']]['name']: _centre(a['bbox']) for a in anns}
                     assert counts[src] == counts[dst] == 1
                     (sx, sy), (dx, dy) = centres[src], centres[dst]
-                    expect = {'left': dx > sx, 'right': dx < sx, 'above': dy > sy, 'over': dy > sy,
-                              'below': dy < sy, 'under': dy < sy}[rel]
+                    expect = {
+                        'left': dx > sx,
+                        'right': dx < sx,
+                        'above': dy > sy,
+                        'over': dy > sy,
+                        'below': dy < sy,
+                        'under': dy < sy,
+                    }[rel]
                     assert expect, (text, (sx, sy), (dx, dy))
                     n_relations += 1
         if split == 'train':
@@ -165,8 +191,10 @@ def test_lvis_files(world: tuple[str, dict], monkeypatch: pytest.MonkeyPatch) ->
     # Ground truth scored as detections gives AP 1 under LVISEval (lvis 0.5.3 still uses np.float, removed
     # in numpy 2: restore the alias for this test only).
     monkeypatch.setattr(np, 'float', float, raising=False)
-    dets = [{'image_id': a['image_id'], 'category_id': a['category_id'], 'bbox': a['bbox'], 'score': 1.0}
-            for a in val.dataset['annotations']]
+    dets = [
+        {'image_id': a['image_id'], 'category_id': a['category_id'], 'bbox': a['bbox'], 'score': 1.0}
+        for a in val.dataset['annotations']
+    ]
     evaluator = LVISEval(val, LVISResults(val, dets), iou_type='bbox')
     evaluator.run()
     assert evaluator.results['AP'] == pytest.approx(1.0)
@@ -223,7 +251,7 @@ def test_videos_msrvtt_and_qa(world: tuple[str, dict]) -> None:
     assert sen_ids == list(range(len(sen_ids)))
     for v in videos:
         assert v['end time'] == 2.0 and 0 <= v['category'] < 5
-        path = os.path.join(root, 'videos', f"{v['video_id']}.mp4")
+        path = os.path.join(root, 'videos', f'{v["video_id"]}.mp4')
         reader = decord.VideoReader(path)
         assert len(reader) == 16 and reader[0].asnumpy().shape == (64, 64, 3)
         with av.open(path) as container:
@@ -240,9 +268,10 @@ def test_videos_msrvtt_and_qa(world: tuple[str, dict]) -> None:
             if match is None:
                 continue
             assert q['answer'] in ('left', 'right', 'up', 'down')
-            frames = decord.VideoReader(os.path.join(root, 'videos', f"video{q['video_id']}.mp4"))
+            frames = decord.VideoReader(os.path.join(root, 'videos', f'video{q["video_id"]}.mp4'))
             delta = _colour_centroid(frames[15].asnumpy(), match.group(1)) - _colour_centroid(
-                frames[0].asnumpy(), match.group(1))
+                frames[0].asnumpy(), match.group(1)
+            )
             axis = int(abs(delta[1]) > abs(delta[0]))
             seen = (('left', 'right'), ('up', 'down'))[axis][int(delta[axis] > 0)]
             assert seen == q['answer'] and abs(delta[axis]) > 10, (q, delta)

@@ -35,7 +35,15 @@ def test_train_resume_and_test(shapes_tiny: Path, tmp_path: Path) -> None:
         'model.generation.beam_size=2',
         'model.generation.max_len=12',
     ]
-    _run('tools/train.py', CONFIG, '--work-dir', str(work), '--cfg-options', *_data_options(shapes_tiny), *small)
+    _run(
+        'tools/train.py',
+        CONFIG,
+        '--work-dir',
+        str(work),
+        '--cfg-options',
+        *_data_options(shapes_tiny),
+        *small,
+    )
     first = safe_load(work / 'epoch_1.pth')
     assert first['meta']['epoch'] == 1 and (work / 'last_checkpoint').is_file()
 
@@ -51,7 +59,8 @@ def test_train_resume_and_test(shapes_tiny: Path, tmp_path: Path) -> None:
 
     test_dir = tmp_path / 'test'
     _run('tools/test.py', CONFIG, str(work / 'epoch_2.pth'), '--work-dir', str(test_dir), '--cfg-options',
-         *_data_options(shapes_tiny), 'model.generation.beam_size=2', 'model.generation.max_len=12')  # fmt: skip
+         *_data_options(shapes_tiny), 'model.generation.beam_size=2',
+         'model.generation.max_len=12')  # fmt: skip
     metrics = json.loads((test_dir / 'metrics.json').read_text())
     for key in ('retrieval/i2t_R@1', 'retrieval/t2i_R@5', 'caption/BLEU-4', 'caption/CIDEr'):
         assert key in metrics and isinstance(metrics[key], float)

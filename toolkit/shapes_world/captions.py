@@ -40,12 +40,24 @@ ACTION_VERBS = {'move': 'moves', 'turn': 'turns', 'grow': 'grows', 'shrink': 'sh
 DIRECTIONS = ('left', 'right', 'up', 'down')
 TURNS = ('clockwise', 'counterclockwise')
 
-_LIST_TEMPLATES = ('there {be} {objs}', 'an image of {objs}', 'a picture showing {objs}', '{objs}',
-                   'this image shows {objs}', 'a photo with {objs}')
-_BG_TEMPLATES = ('{objs} on a {bg} background', 'a {bg} background with {objs}',
-                 '{objs} in front of a {bg} background')
-_COUNT_TEMPLATES = ('{n} {shapes}: {objs}', 'the image contains {n} {shapes}: {objs}',
-                    '{objs}, {n} {shapes} in total')
+_LIST_TEMPLATES = (
+    'there {be} {objs}',
+    'an image of {objs}',
+    'a picture showing {objs}',
+    '{objs}',
+    'this image shows {objs}',
+    'a photo with {objs}',
+)
+_BG_TEMPLATES = (
+    '{objs} on a {bg} background',
+    'a {bg} background with {objs}',
+    '{objs} in front of a {bg} background',
+)
+_COUNT_TEMPLATES = (
+    '{n} {shapes}: {objs}',
+    'the image contains {n} {shapes}: {objs}',
+    '{objs}, {n} {shapes} in total',
+)
 _REL_PHRASES = {
     'left': ('to the left of', 'left of'),
     'right': ('to the right of', 'right of'),
@@ -55,30 +67,71 @@ _REL_PHRASES = {
 _REL_TEMPLATES = ('{s} {rel} {o}', '{s} {be} {rel} {o}')
 _REST_TEMPLATES = ('{pair}, and {rest}', '{pair}, with {rest}', '{pair}. there is also {rest}')
 _POSITION_PHRASES = {
-    ('top', 'left'): 'in the top left corner', ('top', 'center'): 'at the top',
-    ('top', 'right'): 'in the top right corner', ('middle', 'left'): 'on the left',
-    ('middle', 'center'): 'in the center', ('middle', 'right'): 'on the right',
-    ('bottom', 'left'): 'in the bottom left corner', ('bottom', 'center'): 'at the bottom',
+    ('top', 'left'): 'in the top left corner',
+    ('top', 'center'): 'at the top',
+    ('top', 'right'): 'in the top right corner',
+    ('middle', 'left'): 'on the left',
+    ('middle', 'center'): 'in the center',
+    ('middle', 'right'): 'on the right',
+    ('bottom', 'left'): 'in the bottom left corner',
+    ('bottom', 'center'): 'at the bottom',
     ('bottom', 'right'): 'in the bottom right corner',
 }
 _POSITION_TEMPLATES = ('{obj} {pos}', 'there is {obj} {pos}', 'a {bg} background with {obj} {pos}')
 
-_MOVE_PHRASES = {'left': ('to the left', 'left'), 'right': ('to the right', 'right'),
-                 'up': ('up', 'upward'), 'down': ('down', 'downward')}
-_VIDEO_TEMPLATES = {
-    'move': ('{a} moves {dir}', '{a} slides {dir}', 'the {cs} travels {dir}', '{a} is moving {dir}',
-             '{ac} shape moves {dir}', 'the {cs} goes {dir}'),
-    'turn': ('{a} turns {dir}', '{a} rotates {dir}', 'the {cs} spins {dir}', '{a} is rotating {dir}',
-             '{ac} shape turns {dir}', 'the {cs} is turning {dir}'),
-    'grow': ('{a} grows', '{a} gets bigger', 'the {cs} grows larger', '{a} is growing', '{a} expands',
-             '{ac} shape gets bigger'),
-    'shrink': ('{a} shrinks', '{a} gets smaller', 'the {cs} shrinks in size', '{a} is shrinking',
-               '{ac} shape gets smaller', 'the {cs} becomes smaller'),
-    'change': ('{a} turns {c2}', '{a} changes colour to {c2}', 'a {s} changes from {c} to {c2}',
-               'the {cs} becomes {c2}', '{a} changes colour', 'the {s} switches from {c} to {c2}'),
+_MOVE_PHRASES = {
+    'left': ('to the left', 'left'),
+    'right': ('to the right', 'right'),
+    'up': ('up', 'upward'),
+    'down': ('down', 'downward'),
 }
-_DISTRACTOR_TEMPLATES = ('{main} while {b} stays still', '{main} next to {b}',
-                         '{main}, and {b} does not move')
+_VIDEO_TEMPLATES = {
+    'move': (
+        '{a} moves {dir}',
+        '{a} slides {dir}',
+        'the {cs} travels {dir}',
+        '{a} is moving {dir}',
+        '{ac} shape moves {dir}',
+        'the {cs} goes {dir}',
+    ),
+    'turn': (
+        '{a} turns {dir}',
+        '{a} rotates {dir}',
+        'the {cs} spins {dir}',
+        '{a} is rotating {dir}',
+        '{ac} shape turns {dir}',
+        'the {cs} is turning {dir}',
+    ),
+    'grow': (
+        '{a} grows',
+        '{a} gets bigger',
+        'the {cs} grows larger',
+        '{a} is growing',
+        '{a} expands',
+        '{ac} shape gets bigger',
+    ),
+    'shrink': (
+        '{a} shrinks',
+        '{a} gets smaller',
+        'the {cs} shrinks in size',
+        '{a} is shrinking',
+        '{ac} shape gets smaller',
+        'the {cs} becomes smaller',
+    ),
+    'change': (
+        '{a} turns {c2}',
+        '{a} changes colour to {c2}',
+        'a {s} changes from {c} to {c2}',
+        'the {cs} becomes {c2}',
+        '{a} changes colour',
+        'the {s} switches from {c} to {c2}',
+    ),
+}
+_DISTRACTOR_TEMPLATES = (
+    '{main} while {b} stays still',
+    '{main} next to {b}',
+    '{main}, and {b} does not move',
+)
 _QUESTION_TYPE = {'what': 0, 'how': 2}  # MSRVTT-QA category_id: 0 what, 1 who, 2 how, 3 when, 4 where
 
 
@@ -132,8 +185,13 @@ def _position(inst: ShapeInstance, width: int, height: int) -> str:
 
 
 def image_captions(
-    rng: np.random.Generator, shapes: Sequence[ShapeInstance], background: str, width: int, height: int,
-    *, num: int = 5,
+    rng: np.random.Generator,
+    shapes: Sequence[ShapeInstance],
+    background: str,
+    width: int,
+    height: int,
+    *,
+    num: int = 5,
 ) -> list[str]:
     """``num`` different captions of one image.
 
@@ -168,8 +226,12 @@ def image_captions(
             continue
         rest = [k for k in keys if k not in (ka, kb)]
         tpl = _REL_TEMPLATES[int(rng.integers(len(_REL_TEMPLATES)))]
-        pair = tpl.format(s=objs([ka]), o=objs([kb]), rel=_REL_PHRASES[rel][int(rng.integers(2))],
-                          be='is' if len(groups[ka]) == 1 else 'are')
+        pair = tpl.format(
+            s=objs([ka]),
+            o=objs([kb]),
+            rel=_REL_PHRASES[rel][int(rng.integers(2))],
+            be='is' if len(groups[ka]) == 1 else 'are',
+        )
         if rest:
             first = groups[rest[0]]
             rest_tpl = _REST_TEMPLATES[int(rng.integers(len(_REST_TEMPLATES)))]
@@ -183,8 +245,10 @@ def image_captions(
         order = shuffled()
         others.append(tpl.format(be='is' if len(groups[order[0]]) == 1 else 'are', objs=objs(order)))
     others += [tpl.format(bg=bg, objs=objs(shuffled())) for tpl in _BG_TEMPLATES]
-    others += [tpl.format(n=NUMBER_WORDS[total], shapes=shape_word, objs=objs(shuffled()))
-               for tpl in _COUNT_TEMPLATES]
+    others += [
+        tpl.format(n=NUMBER_WORDS[total], shapes=shape_word, objs=objs(shuffled()))
+        for tpl in _COUNT_TEMPLATES
+    ]
     spatial = [t for t in spatial if _words(t) <= MAX_WORDS]
     others = [t for t in others if _words(t) <= MAX_WORDS]
     rng.shuffle(spatial)
@@ -200,8 +264,14 @@ def image_captions(
 
 
 def video_captions(
-    rng: np.random.Generator, *, action: str, colour: str, shape: str, detail: str | None,
-    distractor: tuple[str, str] | None = None, num: int = 5,
+    rng: np.random.Generator,
+    *,
+    action: str,
+    colour: str,
+    shape: str,
+    detail: str | None,
+    distractor: tuple[str, str] | None = None,
+    num: int = 5,
 ) -> list[str]:
     """``num`` different captions of a video whose ``colour shape`` performs ``action``.
 
@@ -216,9 +286,17 @@ def video_captions(
         tpl = templates[int(i)]
         direction = detail
         if action == 'move':
+            assert detail is not None, 'a move needs a direction'
             direction = _MOVE_PHRASES[detail][int(rng.integers(2))]
-        text = tpl.format(a=noun_phrase(colour, shape), cs=f'{colour} {shape}', c=colour, s=shape,
-                          ac=f'{_article(colour)} {colour}', dir=direction, c2=detail)
+        text = tpl.format(
+            a=noun_phrase(colour, shape),
+            cs=f'{colour} {shape}',
+            c=colour,
+            s=shape,
+            ac=f'{_article(colour)} {colour}',
+            dir=direction,
+            c2=detail,
+        )
         if distractor is not None and rng.random() < 0.5:
             d_tpl = _DISTRACTOR_TEMPLATES[int(rng.integers(len(_DISTRACTOR_TEMPLATES)))]
             text = d_tpl.format(main=text, b=noun_phrase(*distractor))
@@ -230,7 +308,12 @@ def video_captions(
 
 
 def video_questions(
-    *, action: str, colour: str, shape: str, detail: str | None, num_shapes: int,
+    *,
+    action: str,
+    colour: str,
+    shape: str,
+    detail: str | None,
+    num_shapes: int,
 ) -> list[tuple[str, str, int]]:
     """MSRVTT-QA style (question, one-word answer, question-type id) triples of one video.
 
@@ -245,12 +328,16 @@ def video_questions(
         ('how many shapes are there?', NUMBER_WORDS[num_shapes], how),
     ]
     if action == 'change':
-        qa += [(f'what colour is the {shape} at the start?', colour, what),
-               (f'what colour does the {shape} become?', str(detail), what)]
+        qa += [
+            (f'what colour is the {shape} at the start?', colour, what),
+            (f'what colour does the {shape} become?', str(detail), what),
+        ]
     else:
-        qa += [(f'what colour is the {shape}?', colour, what),
-               (f'what colour is the shape that {verb}?', colour, what),
-               (f'what does the {colour} {shape} do?', verb, what)]
+        qa += [
+            (f'what colour is the {shape}?', colour, what),
+            (f'what colour is the shape that {verb}?', colour, what),
+            (f'what does the {colour} {shape} do?', verb, what),
+        ]
     if action in ('move', 'turn'):
         qa.append((f'which way does the {colour} {shape} {action}?', str(detail), how))
     return qa
@@ -259,8 +346,16 @@ def video_questions(
 def vocabulary() -> list[str]:
     """Every word and punctuation mark any caption, question or answer can contain (sorted)."""
     texts: list[str] = []
-    templates = (_LIST_TEMPLATES + _BG_TEMPLATES + _COUNT_TEMPLATES + _REL_TEMPLATES + _REST_TEMPLATES
-                 + _POSITION_TEMPLATES + _DISTRACTOR_TEMPLATES + sum(_VIDEO_TEMPLATES.values(), ()))
+    templates = (
+        _LIST_TEMPLATES
+        + _BG_TEMPLATES
+        + _COUNT_TEMPLATES
+        + _REL_TEMPLATES
+        + _REST_TEMPLATES
+        + _POSITION_TEMPLATES
+        + _DISTRACTOR_TEMPLATES
+        + sum(_VIDEO_TEMPLATES.values(), ())
+    )
     texts += [re.sub(r'\{[a-z0-9]+\}', ' ', t) for t in templates]
     texts += list(COLOURS) + list(SHAPES) + [plural(s) for s in SHAPES] + list(NUMBER_WORDS)
     texts += list(BACKGROUND_WORDS.values()) + list(BACKGROUNDS) + list(ACTIONS) + list(ACTION_VERBS.values())

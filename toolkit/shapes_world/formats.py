@@ -56,19 +56,30 @@ def coco_categories() -> list[dict[str, Any]]:
     return [{'id': category_id(c, s), 'name': category_name(c, s), 'supercategory': s} for c, s in CATEGORIES]
 
 
-def coco_captions(info: dict[str, Any], images: Sequence[dict[str, Any]], captions: Sequence[dict[str, Any]]
-                  ) -> dict[str, Any]:
+def coco_captions(
+    info: dict[str, Any], images: Sequence[dict[str, Any]], captions: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
     """A COCO captions file; ``images`` are ``{id, file_name, width, height}`` dicts."""
     return {'info': info, 'licenses': LICENSES, 'images': list(images), 'annotations': list(captions)}
 
 
-def coco_instances(info: dict[str, Any], images: Sequence[dict[str, Any]], anns: Iterable[dict[str, Any]],
-                   *, drop_category_ids: Iterable[int] = ()) -> dict[str, Any]:
+def coco_instances(
+    info: dict[str, Any],
+    images: Sequence[dict[str, Any]],
+    anns: Iterable[dict[str, Any]],
+    *,
+    drop_category_ids: Iterable[int] = (),
+) -> dict[str, Any]:
     """A COCO instances file; annotations of ``drop_category_ids`` are removed (images are kept)."""
     drop = set(drop_category_ids)
     kept = [a for a in anns if a['category_id'] not in drop]
-    return {'info': info, 'licenses': LICENSES, 'images': list(images), 'annotations': kept,
-            'categories': coco_categories()}
+    return {
+        'info': info,
+        'licenses': LICENSES,
+        'images': list(images),
+        'annotations': kept,
+        'categories': coco_categories(),
+    }
 
 
 def lvis_frequency(image_count: int) -> str:
@@ -86,31 +97,56 @@ def _lvis_categories(train_anns: Sequence[dict[str, Any]]) -> list[dict[str, Any
     for c, s in CATEGORIES:
         cid = category_id(c, s)
         n_img = len(images.get(cid, ()))
-        cats.append({
-            'id': cid, 'name': category_name(c, s), 'synset': f'{c}_{s}.n.01', 'synonyms': [f'{c}_{s}'],
-            'def': f'a {s} shape coloured {c}', 'frequency': lvis_frequency(n_img), 'image_count': n_img,
-            'instance_count': instances.get(cid, 0),
-        })
+        cats.append(
+            {
+                'id': cid,
+                'name': category_name(c, s),
+                'synset': f'{c}_{s}.n.01',
+                'synonyms': [f'{c}_{s}'],
+                'def': f'a {s} shape coloured {c}',
+                'frequency': lvis_frequency(n_img),
+                'image_count': n_img,
+                'instance_count': instances.get(cid, 0),
+            }
+        )
     return cats
 
 
-def lvis_instances(info: dict[str, Any], split: str, images: Sequence[dict[str, Any]],
-                   anns: Sequence[dict[str, Any]], train_anns: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def lvis_instances(
+    info: dict[str, Any],
+    split: str,
+    images: Sequence[dict[str, Any]],
+    anns: Sequence[dict[str, Any]],
+    train_anns: Sequence[dict[str, Any]],
+) -> dict[str, Any]:
     """An LVIS v1 file for ``split`` whose category statistics come from ``train_anns``."""
     all_ids = [category_id(c, s) for c, s in CATEGORIES]
     present: dict[int, set[int]] = {}
     for ann in anns:
         present.setdefault(ann['image_id'], set()).add(ann['category_id'])
-    lvis_images = [{
-        'id': img['id'], 'width': img['width'], 'height': img['height'], 'license': 1, 'flickr_url': '',
-        'coco_url': f"{LVIS_URL_PREFIX}{split}/{img['file_name']}", 'date_captured': '',
-        'not_exhaustive_category_ids': [],
-        'neg_category_ids': [c for c in all_ids if c not in present.get(img['id'], set())],
-    } for img in images]
+    lvis_images = [
+        {
+            'id': img['id'],
+            'width': img['width'],
+            'height': img['height'],
+            'license': 1,
+            'flickr_url': '',
+            'coco_url': f'{LVIS_URL_PREFIX}{split}/{img["file_name"]}',
+            'date_captured': '',
+            'not_exhaustive_category_ids': [],
+            'neg_category_ids': [c for c in all_ids if c not in present.get(img['id'], set())],
+        }
+        for img in images
+    ]
     keys = ('id', 'image_id', 'category_id', 'bbox', 'area', 'segmentation')  # LVIS has no iscrowd
     lvis_anns = [{k: a[k] for k in keys} for a in anns]
-    return {'info': info, 'licenses': LICENSES, 'images': lvis_images, 'annotations': lvis_anns,
-            'categories': _lvis_categories(train_anns)}
+    return {
+        'info': info,
+        'licenses': LICENSES,
+        'images': lvis_images,
+        'annotations': lvis_anns,
+        'categories': _lvis_categories(train_anns),
+    }
 
 
 def ov_split() -> dict[str, list[Any]]:
@@ -139,9 +175,11 @@ def build_tokenizer(words: Iterable[str]) -> Any:
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token='<unk>'))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior='isolated')])
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior='isolated')]
+    )
     tok.post_processor = processors.TemplateProcessing(
-        single='<bos> $A <eos>', pair='<bos> $A <eos> $B <eos>', special_tokens=[('<bos>', 1), ('<eos>', 2)])
+        single='<bos> $A <eos>', pair='<bos> $A <eos> $B <eos>', special_tokens=[('<bos>', 1), ('<eos>', 2)]
+    )
     tok.decoder = decoders.WordPiece(prefix='##', cleanup=True)
     tok.add_special_tokens(specials)
     return tok

@@ -88,8 +88,21 @@ def _plan_split(seed: int, split: str, num: int) -> list[list[tuple[int, int]]]:
     num_cats = len(CATEGORIES)
     if split == 'train':
         weights = category_weights()
-        return [list(zip((int(c) for c in np.random.default_rng([seed, code, i, 1]).choice(
-            num_cats, size=len(s), replace=False, p=weights)), s, strict=True)) for i, s in enumerate(sizes)]
+        return [
+            list(
+                zip(
+                    (
+                        int(c)
+                        for c in np.random.default_rng([seed, code, i, 1]).choice(
+                            num_cats, size=len(s), replace=False, p=weights
+                        )
+                    ),
+                    s,
+                    strict=True,
+                )
+            )
+            for i, s in enumerate(sizes)
+        ]
     # Balanced eval splits: make sure there are >= 48 groups, then deal categories from shuffled decks.
     i = 0
     while sum(len(s) for s in sizes) < num_cats and any(sum(s) < 4 for s in sizes):
@@ -125,9 +138,14 @@ def _render_image(item: dict[str, Any]) -> dict[str, Any]:
         x0, y0 = poly.min(axis=0)
         x1, y1 = poly.max(axis=0)
         bbox = [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
-        anns.append({'category_id': category_id(inst.colour, inst.shape), 'bbox': [round(v, 2) for v in bbox],
-                     'area': round(polygon_area(poly), 2),
-                     'segmentation': [[float(v) for v in poly.reshape(-1)]]})
+        anns.append(
+            {
+                'category_id': category_id(inst.colour, inst.shape),
+                'bbox': [round(v, 2) for v in bbox],
+                'area': round(polygon_area(poly), 2),
+                'segmentation': [[float(v) for v in poly.reshape(-1)]],
+            }
+        )
     return {'anns': anns, 'captions': image_captions(rng, shapes, kind, width, height)}
 
 
@@ -138,13 +156,32 @@ def _render_video(item: dict[str, Any]) -> dict[str, Any]:
     vid_frames = render_video_frames(spec, size=item['size'], frames=item['frames'])
     encode_mp4(item['path'], vid_frames, fps=item['fps'])
     distractor = None if spec.distractor is None else (spec.distractor.colour, spec.distractor.shape)
-    kw = {'action': spec.action, 'colour': spec.colour, 'shape': spec.shape, 'detail': spec.detail}
-    return {**kw, 'distractor': distractor, 'captions': video_captions(rng, **kw, distractor=distractor),
-            'qa': video_questions(**kw, num_shapes=1 if distractor is None else 2)}
+    return {
+        'action': spec.action,
+        'colour': spec.colour,
+        'shape': spec.shape,
+        'detail': spec.detail,
+        'distractor': distractor,
+        'captions': video_captions(
+            rng, action=spec.action, colour=spec.colour, shape=spec.shape, detail=spec.detail, distractor=distractor
+        ),
+        'qa': video_questions(
+            action=spec.action,
+            colour=spec.colour,
+            shape=spec.shape,
+            detail=spec.detail,
+            num_shapes=1 if distractor is None else 2,
+        ),
+    }
 
 
-def _run(fn: Callable[[dict[str, Any]], dict[str, Any]], items: Sequence[dict[str, Any]], pool: Any,
-         desc: str, progress: bool) -> list[dict[str, Any]]:
+def _run(
+    fn: Callable[[dict[str, Any]], dict[str, Any]],
+    items: Sequence[dict[str, Any]],
+    pool: Any,
+    desc: str,
+    progress: bool,
+) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
     it: Iterator[dict[str, Any]]
@@ -205,9 +242,15 @@ def generate_shapes_world(
     ann_dir, msr_dir, vid_dir = (os.path.join(out_dir, d) for d in ('annotations', 'msrvtt', 'videos'))
     for d in (ann_dir, msr_dir, vid_dir, *(os.path.join(out_dir, 'images', s) for s in SPLITS)):
         os.makedirs(d, exist_ok=True)
-    info = {'description': 'Shapes World: synthetic COCO/LVIS/MSRVTT-format data of VL-Toolkit',
-            'version': VERSION, 'contributor': 'toolkit.shapes_world', 'url': '', 'date_created': '',
-            'seed': seed, 'size': size}
+    info = {
+        'description': 'Shapes World: synthetic COCO/LVIS/MSRVTT-format data of VL-Toolkit',
+        'version': VERSION,
+        'contributor': 'toolkit.shapes_world',
+        'url': '',
+        'date_created': '',
+        'seed': seed,
+        'size': size,
+    }
     n_train, n_val, n_test, n_videos = SIZES[size]
     pool = multiprocessing.get_context('spawn').Pool(workers) if workers > 1 else None
     try:
@@ -216,17 +259,42 @@ def generate_shapes_world(
         next_id = 1
         for split, num in zip(SPLITS, (n_train, n_val, n_test), strict=True):
             plans = _plan_split(seed, split, num)
-            images[split] = [{'id': next_id + i, 'file_name': f'{next_id + i:012d}.jpg', 'width': image_size,
-                              'height': image_size} for i in range(num)]
-            items = [{'seed': seed, 'split': split, 'index': i, 'groups': plans[i], 'width': image_size,
-                      'height': image_size, 'path': os.path.join(out_dir, 'images', split, img['file_name'])}
-                     for i, img in enumerate(images[split])]
+            images[split] = [
+                {
+                    'id': next_id + i,
+                    'file_name': f'{next_id + i:012d}.jpg',
+                    'width': image_size,
+                    'height': image_size,
+                }
+                for i in range(num)
+            ]
+            items = [
+                {
+                    'seed': seed,
+                    'split': split,
+                    'index': i,
+                    'groups': plans[i],
+                    'width': image_size,
+                    'height': image_size,
+                    'path': os.path.join(out_dir, 'images', split, img['file_name']),
+                }
+                for i, img in enumerate(images[split])
+            ]
             results[split] = _run(_render_image, items, pool, f'images/{split}', progress)
             next_id += num
         n_tr = round(_VIDEO_SPLIT_FRACTIONS[0] * n_videos)
         n_va = round(_VIDEO_SPLIT_FRACTIONS[1] * n_videos)
-        v_items = [{'seed': seed, 'index': i, 'size': video_size, 'frames': video_frames, 'fps': fps,
-                    'path': os.path.join(vid_dir, f'video{i}.mp4')} for i in range(n_videos)]
+        v_items = [
+            {
+                'seed': seed,
+                'index': i,
+                'size': video_size,
+                'frames': video_frames,
+                'fps': fps,
+                'path': os.path.join(vid_dir, f'video{i}.mp4'),
+            }
+            for i in range(n_videos)
+        ]
         videos = _run(_render_video, v_items, pool, 'videos', progress)
     finally:
         if pool is not None:
@@ -253,8 +321,10 @@ def generate_shapes_world(
         dump(f'annotations/captions_{split}.json', coco_captions(info, images[split], caps))
         dump(f'annotations/instances_{split}.json', coco_instances(info, images[split], anns[split]))
     split_def = ov_split()
-    dump('annotations/instances_train_base.json',
-         coco_instances(info, images['train'], anns['train'], drop_category_ids=split_def['novel_ids']))
+    dump(
+        'annotations/instances_train_base.json',
+        coco_instances(info, images['train'], anns['train'], drop_category_ids=split_def['novel_ids']),
+    )
     dump('annotations/ov_split.json', split_def)
     lvis_train = lvis_instances(info, 'train', images['train'], anns['train'], anns['train'])
     dump('annotations/lvis_v1_train.json', lvis_train)
@@ -263,21 +333,32 @@ def generate_shapes_world(
 
     # MSRVTT: video0.. train, then validate, then test; sentence and question ids run over all videos.
     v_split = ['train'] * n_tr + ['validate'] * n_va + ['test'] * (n_videos - n_tr - n_va)
-    msr: dict[str, dict[str, list[dict[str, Any]]]] = {'trainval': {'videos': [], 'sentences': []},
-                                                       'test': {'videos': [], 'sentences': []}}
+    msr: dict[str, dict[str, list[dict[str, Any]]]] = {
+        'trainval': {'videos': [], 'sentences': []},
+        'test': {'videos': [], 'sentences': []},
+    }
     qa: dict[str, list[dict[str, Any]]] = {'train': [], 'validate': [], 'test': []}
     sen_id = q_id = 0
     for i, (res, split) in enumerate(zip(videos, v_split, strict=True)):
         part = msr['test' if split == 'test' else 'trainval']
-        part['videos'].append({'category': ACTIONS.index(res['action']), 'url': '', 'video_id': f'video{i}',
-                               'start time': 0.0, 'end time': round(video_frames / fps, 3), 'split': split,
-                               'id': i})
+        part['videos'].append(
+            {
+                'category': ACTIONS.index(res['action']),
+                'url': '',
+                'video_id': f'video{i}',
+                'start time': 0.0,
+                'end time': round(video_frames / fps, 3),
+                'split': split,
+                'id': i,
+            }
+        )
         for text in res['captions']:
             part['sentences'].append({'caption': text, 'video_id': f'video{i}', 'sen_id': sen_id})
             sen_id += 1
         for question, answer, qtype in res['qa']:
-            qa[split].append({'answer': answer, 'id': q_id, 'question': question, 'video_id': i,
-                              'category_id': qtype})
+            qa[split].append(
+                {'answer': answer, 'id': q_id, 'question': question, 'video_id': i, 'category_id': qtype}
+            )
             q_id += 1
     dump('msrvtt/train_val_videodatainfo.json', {'info': info, **msr['trainval']})
     dump('msrvtt/test_videodatainfo.json', {'info': info, **msr['test']})
@@ -298,12 +379,17 @@ def generate_shapes_world(
 
     freq = [c['frequency'] for c in lvis_train['categories']]
     summary = {
-        'out_dir': out_dir, 'seed': seed, 'size': size, 'version': VERSION,
-        'images': {s: len(images[s]) for s in SPLITS}, 'instances': {s: len(anns[s]) for s in SPLITS},
+        'out_dir': out_dir,
+        'seed': seed,
+        'size': size,
+        'version': VERSION,
+        'images': {s: len(images[s]) for s in SPLITS},
+        'instances': {s: len(anns[s]) for s in SPLITS},
         'videos': {s: v_split.count(s) for s in ('train', 'validate', 'test')},
-        'qa': {s: len(qa[s]) for s in qa}, 'lvis_frequency': {f: freq.count(f) for f in 'rcf'},
-        'paths': paths, 'elapsed_s': round(time.perf_counter() - start_time, 2),
+        'qa': {s: len(qa[s]) for s in qa},
+        'lvis_frequency': {f: freq.count(f) for f in 'rcf'},
+        'paths': paths,
+        'elapsed_s': round(time.perf_counter() - start_time, 2),
     }
     write_json(os.path.join(out_dir, '.complete'), {'seed': seed, 'size': size, 'version': VERSION})
     return summary
-

@@ -125,8 +125,20 @@ def _unit_shape(shape: str) -> np.ndarray:
     if shape == 'cross':
         a, w = 1.15, 0.4
         return np.array(
-            [[-w, -a], [w, -a], [w, -w], [a, -w], [a, w], [w, w], [w, a], [-w, a], [-w, w], [-a, w], [-a, -w],
-             [-w, -w]],
+            [
+                [-w, -a],
+                [w, -a],
+                [w, -w],
+                [a, -w],
+                [a, w],
+                [w, w],
+                [w, a],
+                [-w, a],
+                [-w, w],
+                [-a, w],
+                [-a, -w],
+                [-w, -w],
+            ],
             dtype=np.float64,
         )
     raise KeyError(f'unknown shape {shape!r}; expected one of {SHAPES}')
@@ -174,8 +186,9 @@ def _muted_tones(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return tone_a, tone_b
 
 
-def render_background(rng: np.random.Generator, width: int, height: int, kind: str | None = None
-                      ) -> tuple[np.ndarray, str]:
+def render_background(
+    rng: np.random.Generator, width: int, height: int, kind: str | None = None
+) -> tuple[np.ndarray, str]:
     """A textured muted background.
 
     Args:
@@ -193,7 +206,7 @@ def render_background(rng: np.random.Generator, width: int, height: int, kind: s
     if kind == 'noise':  # smooth blotches: a coarse random grid upsampled bilinearly
         cells = int(rng.integers(3, 7))
         grid = (rng.random((cells, cells)) * 255).astype(np.uint8)
-        mix = np.asarray(Image.fromarray(grid).resize((width, height), Image.BILINEAR), np.float32) / 255
+        mix = np.asarray(Image.fromarray(grid).resize((width, height), Image.Resampling.BILINEAR), np.float32) / 255
     elif kind == 'stripes':
         period = float(rng.uniform(0.08, 0.18)) * min(width, height)
         theta = float(rng.uniform(0.0, np.pi))
@@ -270,7 +283,8 @@ def layout_objects(
         else:
             raise RuntimeError(f'could not place {len(objects)} shapes on a {width}x{height} canvas')
         placed.append(
-            ShapeInstance(colour, shape, round(cx, 2), round(cy, 2), round(radius, 2), round(angle, 2)))
+            ShapeInstance(colour, shape, round(cx, 2), round(cy, 2), round(radius, 2), round(angle, 2))
+        )
         boxes.append(box)
     return placed
 
@@ -299,7 +313,7 @@ def render_shapes(img_bg: np.ndarray, shapes: Sequence[ShapeInstance], *, supers
         mask = Image.new('L', ((x1 - x0) * ss, (y1 - y0) * ss), 0)
         pts = (poly - np.array([x0, y0])) * ss
         ImageDraw.Draw(mask).polygon([(float(x), float(y)) for x, y in pts], fill=255)
-        alpha = np.asarray(mask.resize((x1 - x0, y1 - y0), Image.BOX), dtype=np.float32)[..., None] / 255.0
+        alpha = np.asarray(mask.resize((x1 - x0, y1 - y0), Image.Resampling.BOX), dtype=np.float32)[..., None] / 255.0
         rgb = np.array(inst.rgb if inst.rgb is not None else COLOUR_RGB[inst.colour], dtype=np.float32)
         img[y0:y1, x0:x1] = img[y0:y1, x0:x1] * (1.0 - alpha) + rgb * alpha
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)

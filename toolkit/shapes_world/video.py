@@ -112,8 +112,9 @@ def sample_video(rng: np.random.Generator, *, size: int, frames: int) -> VideoSp
                 distractor = cand
                 break
     switch = int(rng.integers(frames // 3, max(frames // 3 + 1, (2 * frames) // 3 + 1)))
-    return VideoSpec(action, colour, shape, detail, start, end, switch, distractor,
-                     int(rng.integers(0, 2**31 - 1)))
+    return VideoSpec(
+        action, colour, shape, detail, start, end, switch, distractor, int(rng.integers(0, 2**31 - 1))
+    )
 
 
 def render_video_frames(spec: VideoSpec, *, size: int, frames: int) -> np.ndarray:
@@ -126,8 +127,15 @@ def render_video_frames(spec: VideoSpec, *, size: int, frames: int) -> np.ndarra
         rgb = COLOUR_RGB[spec.colour]
         if spec.action == 'change' and t >= spec.switch_frame:
             rgb = COLOUR_RGB[str(spec.detail)]
-        actor = ShapeInstance(spec.colour, spec.shape, s.cx + w * (e.cx - s.cx), s.cy + w * (e.cy - s.cy),
-                              s.radius + w * (e.radius - s.radius), s.angle + w * (e.angle - s.angle), rgb)
+        actor = ShapeInstance(
+            spec.colour,
+            spec.shape,
+            s.cx + w * (e.cx - s.cx),
+            s.cy + w * (e.cy - s.cy),
+            s.radius + w * (e.radius - s.radius),
+            s.angle + w * (e.angle - s.angle),
+            rgb,
+        )
         shapes = [actor] if spec.distractor is None else [spec.distractor, actor]
         out[t] = render_shapes(img_bg, shapes)
     return out

@@ -102,7 +102,9 @@ def main() -> None:
     with open(pred_path) as f:
         predictions = json.load(f)
     dataset = runner.test_dataloader.dataset
-    refs = {info['img_id']: info['captions'] for info in (dataset.get_data_info(i) for i in range(len(dataset)))}
+    refs = {
+        info['img_id']: info['captions'] for info in (dataset.get_data_info(i) for i in range(len(dataset)))
+    }
     floor = constant_caption_baseline(refs)
     print(f'\nTrained for {train_minutes:.1f} min; work dir: {runner.work_dir}')
     print_report(metrics, predictions, refs, floor, args.show)

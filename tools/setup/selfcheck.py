@@ -21,7 +21,8 @@ PACKAGES = [
 ]  # fmt: skip
 
 FIXES = {
-    'torchvision': 'torchvision must match a PyPI torch build: `rm -rf .venv && make test` reinstalls the pins '
+    'torchvision': 'torchvision must match a PyPI torch build: `rm -rf .venv && make test` reinstalls '
+    'the pins '
     '(a CPU-only +cpu torch cannot load PyPI torchvision: "operator torchvision::nms does not exist").',
     'mmcv': 'mmcv must be 2.1.0 with compiled ops built against the pinned torch: delete the cached wheel '
     '(~/.cache/vl-toolkit/wheels) and rerun `make test` to rebuild it.',
