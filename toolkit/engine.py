@@ -56,7 +56,32 @@ def build_runner(cfg: Config) -> Runner:
         hooks.append(dict(type='SafeCheckpointHook'))
     cfg.custom_hooks = hooks
     cfg.setdefault('default_scope', 'toolkit')
+    if cfg.get('launcher', 'none') != 'none' and not torch.cuda.is_available():
+        _prepare_cpu_distributed(cfg)
     return Runner.from_cfg(cfg)
+
+
+def _prepare_cpu_distributed(cfg: Config) -> None:
+    """Distributed training without CUDA: gloo, and DDP without device ids.
+
+    MMEngine 0.10.7's ``init_dist`` calls ``torch.cuda.set_device`` and its DDP wrapper
+    passes ``device_ids=[local_rank]``, both of which fail on CPU. The process group is
+    initialised here (MMEngine then skips its own) and the wrapper gets ``device_ids=None``.
+    """
+    import torch.distributed as dist
+
+    if cfg.launcher != 'pytorch':
+        raise ValueError(
+            f'CPU distributed training supports the pytorch launcher (torchrun), not {cfg.launcher!r}'
+        )
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+    wrapper = dict(cfg.get('model_wrapper_cfg') or {})
+    wrapper.setdefault('type', 'MMDistributedDataParallel')
+    wrapper.setdefault('broadcast_buffers', False)
+    wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
+    wrapper['device_ids'] = None
+    cfg.model_wrapper_cfg = wrapper
 
 
 def flatten_metrics(metrics: Mapping[str, Any], prefix: str = '') -> dict[str, float | int | str]:

@@ -65,3 +65,26 @@ def test_train_resume_and_test(shapes_tiny: Path, tmp_path: Path) -> None:
     for key in ('retrieval/i2t_R@1', 'retrieval/t2i_R@5', 'caption/BLEU-4', 'caption/CIDEr'):
         assert key in metrics and isinstance(metrics[key], float)
     assert 0.0 <= metrics['retrieval/i2t_R@5'] <= 1.0
+
+
+@pytest.mark.slow
+def test_dist_train_two_processes(shapes_tiny: Path, tmp_path: Path) -> None:
+    """tools/dist_train.sh runs torchrun with two CPU processes (gloo) and saves a checkpoint."""
+    import os
+
+    work = tmp_path / 'dist'
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=sys.executable, PORT=str(29500 + os.getpid() % 1000))
+    options = [*_data_options(shapes_tiny), 'train_cfg.max_epochs=1', 'train_dataloader.batch_size=8',
+               'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False']  # fmt: skip
+    proc = subprocess.run(
+        ['bash', 'tools/dist_train.sh', CONFIG, '2', '--work-dir', str(work), '--cfg-options', *options],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ckpt = safe_load(work / 'epoch_1.pth')
+    # 48 training images, 2 processes x 8 per batch -> 3 iterations.
+    assert ckpt['meta']['iter'] == 3
+    assert (
+        'world_size: 2' in proc.stdout + proc.stderr
+        or 'Distributed launcher: pytorch' in proc.stdout + proc.stderr
+    )
