@@ -163,7 +163,12 @@ def _render_video(item: dict[str, Any]) -> dict[str, Any]:
         'detail': spec.detail,
         'distractor': distractor,
         'captions': video_captions(
-            rng, action=spec.action, colour=spec.colour, shape=spec.shape, detail=spec.detail, distractor=distractor
+            rng,
+            action=spec.action,
+            colour=spec.colour,
+            shape=spec.shape,
+            detail=spec.detail,
+            distractor=distractor,
         ),
         'qa': video_questions(
             action=spec.action,

@@ -206,7 +206,10 @@ def render_background(
     if kind == 'noise':  # smooth blotches: a coarse random grid upsampled bilinearly
         cells = int(rng.integers(3, 7))
         grid = (rng.random((cells, cells)) * 255).astype(np.uint8)
-        mix = np.asarray(Image.fromarray(grid).resize((width, height), Image.Resampling.BILINEAR), np.float32) / 255
+        mix = (
+            np.asarray(Image.fromarray(grid).resize((width, height), Image.Resampling.BILINEAR), np.float32)
+            / 255
+        )
     elif kind == 'stripes':
         period = float(rng.uniform(0.08, 0.18)) * min(width, height)
         theta = float(rng.uniform(0.0, np.pi))
@@ -313,7 +316,10 @@ def render_shapes(img_bg: np.ndarray, shapes: Sequence[ShapeInstance], *, supers
         mask = Image.new('L', ((x1 - x0) * ss, (y1 - y0) * ss), 0)
         pts = (poly - np.array([x0, y0])) * ss
         ImageDraw.Draw(mask).polygon([(float(x), float(y)) for x, y in pts], fill=255)
-        alpha = np.asarray(mask.resize((x1 - x0, y1 - y0), Image.Resampling.BOX), dtype=np.float32)[..., None] / 255.0
+        alpha = (
+            np.asarray(mask.resize((x1 - x0, y1 - y0), Image.Resampling.BOX), dtype=np.float32)[..., None]
+            / 255.0
+        )
         rgb = np.array(inst.rgb if inst.rgb is not None else COLOUR_RGB[inst.colour], dtype=np.float32)
         img[y0:y1, x0:x1] = img[y0:y1, x0:x1] * (1.0 - alpha) + rgb * alpha
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
