@@ -7,6 +7,7 @@ evaluation keeps every caption as a reference (``gt_captions``).
 
 from __future__ import annotations
 
+import csv
 import json
 import os.path as osp
 from collections import defaultdict
@@ -16,7 +17,7 @@ from mmengine.dataset import BaseDataset
 
 from toolkit.registry import DATASETS
 
-__all__ = ['ImageCaptionDataset']
+__all__ = ['ImageCaptionDataset', 'ImageTextCsvDataset']
 
 
 def _resolve_inside(root: str, file_name: str, ann_file: str) -> str:
@@ -93,3 +94,55 @@ class ImageCaptionDataset(BaseDataset):
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}(ann_file={self.ann_file!r}, images={len(self)})'
+
+
+@DATASETS.register_module()
+class ImageTextCsvDataset(BaseDataset):
+    """Web-scale image-text pairs (CC3M, CC12M) listed in a CSV/TSV file, as open_clip reads them.
+
+    Each row names an image (``img_key`` column, relative to ``data_prefix['img_path']``) and
+    its caption (``caption_key``). Rows naming the same image are merged into one record
+    with several captions.
+
+    Args:
+        ann_file: The CSV/TSV file, relative to ``data_root``.
+        img_key: Column of image paths (open_clip: ``filepath``).
+        caption_key: Column of captions (open_clip: ``title``).
+        sep: Column separator (tab for open_clip's CC3M files).
+        check_files: Pre-flight check that every image exists.
+    """
+
+    METAINFO: dict[str, Any] = dict(dataset_type='image_text_csv')
+
+    def __init__(self, *, ann_file: str, data_root: str = '', data_prefix: dict[str, str] | None = None,
+                 img_key: str = 'filepath', caption_key: str = 'title', sep: str = '\t',
+                 check_files: bool = True, **kwargs: Any) -> None:  # fmt: skip
+        self.img_key, self.caption_key, self.sep, self.check_files = img_key, caption_key, sep, check_files
+        super().__init__(
+            ann_file=ann_file, data_root=data_root, data_prefix=data_prefix or dict(img_path=''), **kwargs
+        )
+
+    def load_data_list(self) -> list[dict[str, Any]]:
+        if not osp.isfile(self.ann_file):
+            raise FileNotFoundError(f'annotation file {self.ann_file} does not exist')
+        captions: dict[str, list[str]] = defaultdict(list)
+        with open(self.ann_file, newline='') as f:
+            reader = csv.DictReader(f, delimiter=self.sep)
+            missing = {self.img_key, self.caption_key} - set(reader.fieldnames or [])
+            if missing:
+                raise ValueError(f'{self.ann_file}: missing column(s) {sorted(missing)}; found {reader.fieldnames}')
+            for line, row in enumerate(reader, start=2):
+                caption = (row[self.caption_key] or '').strip()
+                if not row[self.img_key] or not caption:
+                    raise ValueError(f'{self.ann_file}:{line}: empty {self.img_key!r} or {self.caption_key!r}')
+                captions[row[self.img_key]].append(caption)
+        img_root = self.data_prefix.get('img_path', '')
+        data_list = []
+        for img_id, (file_name, texts) in enumerate(captions.items()):
+            img_path = _resolve_inside(img_root, file_name, self.ann_file)
+            if self.check_files and not osp.isfile(img_path):
+                raise FileNotFoundError(f'{self.ann_file}: image {img_path} does not exist')
+            data_list.append(dict(img_path=img_path, img_id=img_id, captions=texts))
+        if not data_list:
+            raise ValueError(f'{self.ann_file}: no rows')
+        return data_list

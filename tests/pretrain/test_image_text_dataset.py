@@ -88,3 +88,23 @@ def test_malformed_json_is_reported(tmp_path: Path) -> None:
     (tmp_path / 'annotations' / 'broken.json').write_text('{"images": [')
     with pytest.raises(ValueError, match='broken.json.*not valid JSON'):
         _build(tmp_path, ann_file='annotations/broken.json')
+
+
+def test_csv_dataset_groups_rows_by_image(tmp_path: Path, shapes_tiny: Path) -> None:
+    ann = json.loads((shapes_tiny / 'annotations/captions_train.json').read_text())
+    files = {img['id']: img['file_name'] for img in ann['images']}
+    rows = ['filepath\ttitle'] + [f'{files[a["image_id"]]}\t{a["caption"]}' for a in ann['annotations'][:12]]
+    (tmp_path / 'cc.tsv').write_text('\n'.join(rows) + '\n')
+    dataset = DATASETS.build(dict(type='ImageTextCsvDataset', data_root=str(tmp_path), ann_file='cc.tsv',
+                                  data_prefix=dict(img_path=str(shapes_tiny / 'images/train')),
+                                  pipeline=PIPELINE))  # fmt: skip
+    expected_images = len({a['image_id'] for a in ann['annotations'][:12]})
+    assert len(dataset) == expected_images
+    assert sum(len(dataset.get_data_info(i)['captions']) for i in range(len(dataset))) == 12
+    assert dataset[0]['data_samples'].text in dataset.get_data_info(0)['captions']
+
+
+def test_csv_dataset_names_missing_column(tmp_path: Path) -> None:
+    (tmp_path / 'cc.tsv').write_text('path\tcaption\na.jpg\ta cat\n')
+    with pytest.raises(ValueError, match=r"cc.tsv: missing column\(s\) \['filepath', 'title'\]"):
+        DATASETS.build(dict(type='ImageTextCsvDataset', data_root=str(tmp_path), ann_file='cc.tsv'))
