@@ -156,9 +156,14 @@ class MaMMUT(BaseModel):
 
     # ------------------------------------------------------------------ building blocks
     def _tokenize(self, texts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
-        """Texts -> ``txt_ids`` (B, L) and ``lengths`` (B,) on ``device``."""
+        """Texts -> ``txt_ids`` (B, L) and ``lengths`` (B,) on ``device``.
+
+        L is the longest text of the batch (at most the tokenizer's context length): the padding
+        beyond it would only be masked out, so both passes skip it.
+        """
         txt_ids = self.tokenizer(list(texts))
         lengths = self.tokenizer.lengths(txt_ids)
+        txt_ids = txt_ids[:, : int(lengths.max())]
         return txt_ids.to(device), lengths.to(device)
 
     def current_logit_scale(self) -> Tensor:
