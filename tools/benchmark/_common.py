@@ -190,17 +190,21 @@ def interleaved_timings(
     device: torch.device,
     on_warmup_done: Callable[[], None] | None = None,
 ) -> dict[str, list[float]]:
-    """Seconds per call of each function, run round-robin (A, B, C, A, B, C, ...) after ``warmup`` rounds.
+    """Seconds per call of each function, in rounds (A, B, C, then B, C, A, ...) after ``warmup`` rounds.
 
     Interleaving spreads slow drifts of the machine (other processes, thermal state) evenly over the
-    functions compared.
+    functions compared; rotating the order each round spreads the cost of following a given function (its
+    freed memory returned to the system and faulted in again, its evicted caches) evenly too.
     """
     times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
     for round_index in range(warmup + repeats):
         is_warmup = round_index < warmup
         if round_index == warmup and on_warmup_done is not None:
             on_warmup_done()
-        for name, fn in fns.items():
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = fns[name]
             synchronize(device)
             start = time.perf_counter()
             fn()

@@ -24,8 +24,6 @@ import sys
 from typing import Any
 
 import torch
-from torch import Tensor
-
 from _common import (
     CLIP_VOCAB_SIZE,
     IdTokenizer,
@@ -37,6 +35,8 @@ from _common import (
     set_threads,
     summarize,
 )
+from torch import Tensor
+
 from pretrain.models.generation import generate as generate_ids
 
 __all__ = ['main', 'parse_args']

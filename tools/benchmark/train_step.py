@@ -3,8 +3,9 @@
 ``python tools/benchmark/train_step.py [--batch-size 8] [--img-size 224] [--width 768] [--depth 12] ...``
 
 One process, one data batch and one optimizer recipe (AdamW) for three models; their steps (forward,
-backward, optimizer step) run interleaved (A, B, C, A, B, C, ...) after warm-up rounds, and each model's FLOPs
-of one forward + backward are counted with ``torch.utils.flop_counter.FlopCounterMode``:
+backward, optimizer step) run interleaved in rounds (A, B, C, then B, C, A, ...: the order rotates so that no
+model always follows the same one) after warm-up rounds, and each model's FLOPs of one forward + backward are
+counted with ``torch.utils.flop_counter.FlopCounterMode``:
 
 1. ``two_pass``: MaMMUT (Kuo et al., TMLR 2023, Sec. 3) with both passes, contrastive and generative
    (``contrastive_only=False``), through ``MaMMUT.loss``;
@@ -41,9 +42,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from mmengine.structures import BaseDataElement
-from torch import Tensor, nn
-
 from _common import (
     CLIP_VOCAB_SIZE,
     IdTokenizer,
@@ -57,6 +55,8 @@ from _common import (
     set_threads,
     summarize,
 )
+from mmengine.structures import BaseDataElement
+from torch import Tensor, nn
 
 __all__ = ['TrainStep', 'build_coca', 'main', 'parse_args']
 
