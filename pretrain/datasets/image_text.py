@@ -130,11 +130,15 @@ class ImageTextCsvDataset(BaseDataset):
             reader = csv.DictReader(f, delimiter=self.sep)
             missing = {self.img_key, self.caption_key} - set(reader.fieldnames or [])
             if missing:
-                raise ValueError(f'{self.ann_file}: missing column(s) {sorted(missing)}; found {reader.fieldnames}')
+                raise ValueError(
+                    f'{self.ann_file}: missing column(s) {sorted(missing)}; found {reader.fieldnames}'
+                )
             for line, row in enumerate(reader, start=2):
                 caption = (row[self.caption_key] or '').strip()
                 if not row[self.img_key] or not caption:
-                    raise ValueError(f'{self.ann_file}:{line}: empty {self.img_key!r} or {self.caption_key!r}')
+                    raise ValueError(
+                        f'{self.ann_file}:{line}: empty {self.img_key!r} or {self.caption_key!r}'
+                    )
                 captions[row[self.img_key]].append(caption)
         img_root = self.data_prefix.get('img_path', '')
         data_list = []

@@ -108,3 +108,19 @@ def test_csv_dataset_names_missing_column(tmp_path: Path) -> None:
     (tmp_path / 'cc.tsv').write_text('path\tcaption\na.jpg\ta cat\n')
     with pytest.raises(ValueError, match=r"cc.tsv: missing column\(s\) \['filepath', 'title'\]"):
         DATASETS.build(dict(type='ImageTextCsvDataset', data_root=str(tmp_path), ann_file='cc.tsv'))
+
+
+def test_flip_swaps_sides_in_text_and_mirrors_image() -> None:
+    import numpy as np
+
+    from toolkit.registry import TRANSFORMS
+
+    flip = TRANSFORMS.build(dict(type='RandomFlipCaption', prob=1.0))
+    img = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    out = flip(dict(img=img.copy(), text='a red circle left of a star, top right corner',
+                    captions=['bright light: left', 'leftover right']))  # fmt: skip
+    assert np.array_equal(out['img'], img[:, ::-1])
+    assert out['text'] == 'a red circle right of a star, top left corner'
+    assert out['captions'] == ['bright light: right', 'leftover left']  # whole words only
+    keep = TRANSFORMS.build(dict(type='RandomFlipCaption', prob=0.0))
+    assert keep(dict(img=img.copy(), text='left'))['text'] == 'left'

@@ -43,7 +43,7 @@ def ensure_data(data_root: str, size: str, seed: int) -> None:
             return
     print(f'Generating Shapes World {size} (seed {seed}) in {data_root} ...')
     start = time.perf_counter()
-    generate_shapes_world(data_root, seed=seed, size=size, workers=min(2, os.cpu_count() or 1))
+    generate_shapes_world(data_root, seed=seed, size=size, workers=min(2, os.cpu_count() or 1), progress=True)
     print(f'  done in {time.perf_counter() - start:.0f} s')
 
 

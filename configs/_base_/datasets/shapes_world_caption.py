@@ -1,13 +1,14 @@
 # Shapes World captions (COCO captions format), made by tools/data/make_shapes_world.py.
 dataset_type = 'ImageCaptionDataset'
 data_root = 'data/shapes_world_small/'
-img_size = 64  # generated at 128 px; 64 px keeps every shape legible and the CPU demo fast
+img_size = 128  # as generated; the ViT sees it through 16 px patches (8 x 8 tokens)
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(img_size, img_size), keep_ratio=False),
-    # No flips or crops: captions state left/right/above/below relations and every object.
+    # No crops (captions name every object); flips swap left/right in the caption to stay true.
     dict(type='SampleCaption'),
+    dict(type='RandomFlipCaption', prob=0.5),
     dict(type='PackImageTextInputs'),
 ]
 test_pipeline = [
