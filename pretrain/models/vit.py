@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from toolkit.registry import MODELS
 
-__all__ = ['Attention', 'DropPath', 'Mlp', 'MaMMUTViT', 'ViTBlock', 'sample_crop_boxes']
+__all__ = ['Attention', 'ConvStem', 'DropPath', 'Mlp', 'MaMMUTViT', 'ViTBlock', 'sample_crop_boxes']
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -131,6 +131,35 @@ def sample_crop_boxes(
     return torch.stack([x0, y0, x0 + width, y0 + height], dim=1)
 
 
+class ConvStem(nn.Module):
+    """3x3 stride-2 conv + BatchNorm + ReLU stages up to ``stride``, then a 1x1 conv to ``embed_dim``.
+
+    Channels double per stage and end at ``embed_dim``; ``stride`` must be a power of two.
+    Shapes: (B, C, H, W) -> (B, D, H / stride, W / stride).
+    """
+
+    def __init__(self, in_channels: int, embed_dim: int, stride: int) -> None:
+        super().__init__()
+        stages = stride.bit_length() - 1
+        if stride < 2 or 2**stages != stride:
+            raise ValueError(f'a conv stem needs a power-of-two patch size >= 2, got {stride}')
+        widths = [max(embed_dim // 2 ** (stages - 1 - i), 8) for i in range(stages)]
+        layers: list[nn.Module] = []
+        prev = in_channels
+        for width in widths:
+            layers += [
+                nn.Conv2d(prev, width, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+            ]
+            prev = width
+        layers.append(nn.Conv2d(prev, embed_dim, 1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.layers(images)
+
+
 @MODELS.register_module()
 class MaMMUTViT(BaseModule):
     """ViT image encoder with optional cropped positional embeddings (RO-ViT CPE).
@@ -153,6 +182,10 @@ class MaMMUTViT(BaseModule):
         output_dim: if set, a bias-free linear ``head`` maps the pooled feature to this size (open_clip
             ``proj``).
         patch_bias: bias of the patch-embedding conv (open_clip has none).
+        patch_stem: ``'linear'`` (a patch_size x patch_size conv, the standard ViT patch embedding) or ``'conv'``
+            (a stack of 3x3 stride-2 convolutions reaching the same stride, then a 1x1 projection: Xiao et al.,
+            "Early Convolutions Help Transformers See Better", NeurIPS 2021; it trains faster from scratch on
+            small data and keeps the token grid, so position embeddings and cropping are unchanged).
         cropped_pos_emb: use cropped positional embeddings in training.
         detection_grid: grid side (or (h, w)) the embeddings are up-sampled to before cropping; ``None`` crops
             the pretraining grid directly. RO-ViT up-samples 14x14 to 64x64 (about 4x).
@@ -184,6 +217,7 @@ class MaMMUTViT(BaseModule):
         final_pool: str = 'avg',
         output_dim: int | None = None,
         patch_bias: bool = True,
+        patch_stem: str = 'linear',
         cropped_pos_emb: bool = True,
         detection_grid: int | Sequence[int] | None = None,
         crop_scale: Sequence[float] = (0.1, 1.0),
@@ -217,7 +251,14 @@ class MaMMUTViT(BaseModule):
         self.crop_per_sample = crop_per_sample
         self.grad_checkpointing = grad_checkpointing
 
-        self.patch_embed = nn.Conv2d(in_channels, embed_dim, patch_size, stride=patch_size, bias=patch_bias)
+        if patch_stem == 'linear':
+            self.patch_embed: nn.Module = nn.Conv2d(
+                in_channels, embed_dim, patch_size, stride=patch_size, bias=patch_bias
+            )
+        elif patch_stem == 'conv':
+            self.patch_embed = ConvStem(in_channels, embed_dim, patch_size)
+        else:
+            raise ValueError(f"patch_stem must be 'linear' or 'conv', got {patch_stem!r}")
         num_patches = self.grid_size[0] * self.grid_size[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, embed_dim))
         self.num_prefix_tokens = 1 if class_token else 0

@@ -137,3 +137,18 @@ def test_grad_checkpointing_same_output_and_grads():
     vit(images).sum().backward()
     for name, p in vit.named_parameters():
         torch.testing.assert_close(p.grad, grads[name], atol=1e-5, rtol=1e-4)
+
+
+def test_conv_stem_keeps_token_grid_and_trains():
+    torch.manual_seed(0)
+    vit = MODELS.build(dict(type='MaMMUTViT', img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                            patch_stem='conv'))  # fmt: skip
+    images = torch.randn(2, 3, 32, 32)
+    tokens = vit(images)
+    assert tokens.shape == (2, 16, 32)
+    tokens.sum().backward()
+    stem = vit.patch_embed.layers
+    assert len([m for m in stem if isinstance(m, torch.nn.Conv2d)]) == 4  # 3 stride-2 stages + 1x1
+    assert all(p.grad is not None for p in vit.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match='power-of-two'):
+        MaMMUTViT(img_size=28, patch_size=14, embed_dim=32, depth=1, num_heads=2, patch_stem='conv')

@@ -11,9 +11,9 @@ more likely than the rarest). The rank order is a permutation drawn once with se
 run seed, so the same categories are frequent or rare in every generation; the novel categories sit at ranks
 2, 18, 20, 28, 30, 41, 46 and 47 (0 = most frequent). At ``small`` size (1600 training images) this gives
 about 8-12 rare (<= 10 images), 23-27 common and 12-14 frequent (> 100 images) categories; at ``full`` size
-there are no rare ones left. Validation and test images are balanced: their categories are dealt from
-shuffled decks of all 48, and every category is guaranteed to appear in each of these splits (given at
-least 12 images).
+there are no rare ones left. Validation and test images follow the same distribution, as LVIS and COCO
+val follow their train split, except that one shuffled deck of all 48 categories is dealt first, so every
+category appears in each of these splits (given at least 12 images) and per-category AP is defined.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from toolkit.shapes_world.video import encode_mp4, render_video_frames, sample_v
 
 __all__ = ['SIZES', 'VERSION', 'category_weights', 'generate_shapes_world']
 
-VERSION = '1.0'
+VERSION = '1.1'  # 1.1: val/test follow the training category distribution
 # (train, val, test) images and the number of videos of each size.
 SIZES: dict[str, tuple[int, int, int, int]] = {
     'tiny': (48, 16, 16, 12),
@@ -103,22 +103,27 @@ def _plan_split(seed: int, split: str, num: int) -> list[list[tuple[int, int]]]:
             )
             for i, s in enumerate(sizes)
         ]
-    # Balanced eval splits: make sure there are >= 48 groups, then deal categories from shuffled decks.
+    # Eval splits follow the training distribution, as LVIS/COCO val follow train, after one shuffled deck
+    # of all 48 categories (so every category is present and per-category AP is defined).
     i = 0
     while sum(len(s) for s in sizes) < num_cats and any(sum(s) < 4 for s in sizes):
         if sum(sizes[i % num]) < 4:
             sizes[i % num].append(1)
         i += 1
     rng = np.random.default_rng([seed, code, 1 << 20])
-    deck: list[int] = []
+    weights = category_weights()
+    deck = [int(c) for c in rng.permutation(num_cats)]
     plans = []
     for s in sizes:
         cats: list[int] = []
         while len(cats) < len(s):
-            if not deck:
-                deck = [int(c) for c in rng.permutation(num_cats)]
             pos = next((j for j, c in enumerate(deck) if c not in cats), None)
-            cats.append(deck.pop(pos) if pos is not None else int(rng.integers(num_cats)))
+            if pos is not None:
+                cats.append(deck.pop(pos))
+                continue
+            p = weights.copy()
+            p[cats] = 0.0
+            cats.append(int(rng.choice(num_cats, p=p / p.sum())))
         plans.append(list(zip(cats, s, strict=True)))
     return plans
 

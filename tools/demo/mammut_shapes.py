@@ -16,7 +16,7 @@ import os.path as osp
 import time
 
 from toolkit.engine import build_runner, load_config, write_metrics
-from toolkit.shapes_world import generate_shapes_world
+from toolkit.shapes_world import VERSION, generate_shapes_world
 
 DEFAULT_CONFIG = 'configs/mammut/mammut_vit-tiny-dec4_1xb32-40e_shapes-cap.py'
 
@@ -38,7 +38,7 @@ def ensure_data(data_root: str, size: str, seed: int) -> None:
     if osp.isfile(marker):
         with open(marker) as f:
             info = json.load(f)
-        if info.get('size') == size and info.get('seed') == seed:
+        if info.get('size') == size and info.get('seed') == seed and info.get('version') == VERSION:
             print(f'Shapes World {size} found in {data_root}')
             return
     print(f'Generating Shapes World {size} (seed {seed}) in {data_root} ...')
