@@ -10,6 +10,11 @@ train_cfg = dict(max_epochs=max_epochs)
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=2000),
     dict(
-        type='CosineAnnealingLR', by_epoch=True, begin=0, end=max_epochs, eta_min=1e-6, convert_to_iter_based=True
+        type='CosineAnnealingLR',
+        by_epoch=True,
+        begin=0,
+        end=max_epochs,
+        eta_min=1e-6,
+        convert_to_iter_based=True,
     ),
 ]
