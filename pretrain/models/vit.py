@@ -184,8 +184,8 @@ class MaMMUTViT(BaseModule):
         patch_bias: bias of the patch-embedding conv (open_clip has none).
         patch_stem: ``'linear'`` (a patch_size x patch_size conv, the standard ViT patch embedding) or
             ``'conv'`` (3x3 stride-2 convolutions reaching the same stride, then a 1x1 projection; Xiao
-            et al., "Early Convolutions Help Transformers See Better", NeurIPS 2021; it trains faster from scratch
-            on small data and keeps the token grid, so position embeddings and cropping are unchanged).
+            et al., "Early Convolutions Help Transformers See Better", NeurIPS 2021). It trains faster from
+            scratch on small data and keeps the token grid: position embeddings and cropping are unchanged.
         cropped_pos_emb: use cropped positional embeddings in training.
         detection_grid: grid side (or (h, w)) the embeddings are up-sampled to before cropping; ``None`` crops
             the pretraining grid directly. RO-ViT up-samples 14x14 to 64x64 (about 4x).
