@@ -12,7 +12,7 @@ import pytest
 from toolkit.checkpoint import safe_load
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = 'configs/mammut/mammut_vit-tiny-dec4_1xb32-40e_shapes-cap.py'
+CONFIG = 'configs/mammut/mammut_vit-tiny-dec4_1xb32-30e_shapes-cap.py'
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,7 @@ import time
 from toolkit.engine import build_runner, load_config, write_metrics
 from toolkit.shapes_world import VERSION, generate_shapes_world
 
-DEFAULT_CONFIG = 'configs/mammut/mammut_vit-tiny-dec4_1xb32-40e_shapes-cap.py'
+DEFAULT_CONFIG = 'configs/mammut/mammut_vit-tiny-dec4_1xb32-30e_shapes-cap.py'
 
 
 def parse_args() -> argparse.Namespace:
