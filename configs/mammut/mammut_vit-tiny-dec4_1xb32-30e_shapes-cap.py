@@ -2,6 +2,7 @@
 _base_ = [
     '../_base_/models/mammut_vit-b16-dec12.py',
     '../_base_/datasets/shapes_world_caption.py',
+    '../_base_/schedules/adamw_cosine_20e.py',
     '../_base_/default_runtime.py',
 ]
 max_epochs = 30  # 1,600 train images / 32 = 50 iterations an epoch -> 1,500 iterations
@@ -28,13 +29,8 @@ model = dict(
     embed_dim=128,
     generation=dict(method='beam', beam_size=3, max_len=32),
 )
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.98), weight_decay=0.01),  # small model, small batch
-    clip_grad=dict(max_norm=1.0),
-    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0),
-)
-param_scheduler = [
+optim_wrapper = dict(optimizer=dict(lr=1e-3))  # small model, batch 32
+param_scheduler = [  # a list replaces the base schedule whole
     dict(type='LinearLR', start_factor=1e-2, by_epoch=False, begin=0, end=100),
     dict(
         type='CosineAnnealingLR',
@@ -45,9 +41,8 @@ param_scheduler = [
         convert_to_iter_based=True,
     ),
 ]
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
+train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+auto_scale_lr = dict(base_batch_size=32)
 default_hooks = dict(
     logger=dict(interval=25),
     checkpoint=dict(interval=10),
