@@ -15,13 +15,14 @@ import os
 import os.path as osp
 import time
 
+from pretrain.evaluation.caption import constant_caption_baseline
 from toolkit.engine import build_runner, load_config, write_metrics
 from toolkit.shapes_world import VERSION, generate_shapes_world
 
 DEFAULT_CONFIG = 'configs/mammut/mammut_vit-tiny-dec4_1xb32-30e_shapes-cap.py'
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--config', default=DEFAULT_CONFIG)
     parser.add_argument('--data-root', default='data/shapes_world_small')
@@ -30,7 +31,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--seed', type=int, default=0, help='data generation seed')
     parser.add_argument('--max-epochs', type=int, help='override the config schedule (quick runs)')
     parser.add_argument('--show', type=int, default=6, help='generated captions to print')
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def ensure_data(data_root: str, size: str, seed: int) -> None:
@@ -76,8 +77,8 @@ def print_report(metrics: dict, predictions: list[dict], refs: dict[int, list[st
     print(f'\nTargets (image-to-text R@5 >= 0.5, CIDEr >= 2.0): {"met" if targets else "NOT met"}')
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     ensure_data(args.data_root, args.size, args.seed)
     data_root = args.data_root.rstrip('/') + '/'
     options = {f'{split}_dataloader.dataset.data_root': data_root for split in ('train', 'val', 'test')}
@@ -96,8 +97,6 @@ def main() -> None:
     train_minutes = (time.perf_counter() - start) / 60
     metrics = runner.test()
     write_metrics(metrics, runner.work_dir)
-
-    from pretrain.evaluation.caption import constant_caption_baseline
 
     with open(pred_path) as f:
         predictions = json.load(f)
