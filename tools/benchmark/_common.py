@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from mmengine.config import Config
 from torch.utils.flop_counter import FlopCounterMode
@@ -58,12 +59,7 @@ def emit_json(result: dict[str, Any]) -> None:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed)
-    except ImportError:  # pragma: no cover - numpy ships with torch's wheels
-        pass
+    np.random.seed(seed)
 
 
 def set_threads(threads: int | None) -> int:
