@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from mmdet.registry import DATA_SAMPLERS as MMDET_DATA_SAMPLERS
 from mmdet.registry import DATASETS as MMDET_DATASETS
 from mmdet.registry import HOOKS as MMDET_HOOKS
 from mmdet.registry import METRICS as MMDET_METRICS
@@ -21,6 +22,7 @@ from mmengine.registry import Registry
 
 __all__ = [
     'DATASETS',
+    'DATA_SAMPLERS',
     'HOOKS',
     'METRICS',
     'MODELS',
@@ -65,19 +67,30 @@ MODELS = ToolkitRegistry(
         'pretrain.models.text_decoder',
         'pretrain.models.losses',
         'pretrain.models.mammut',
+        'video.models.tube_tokenizer',
+        'video.models.data_preprocessor',
     ],
 )
 DATASETS = ToolkitRegistry(
-    'dataset', parent=MMDET_DATASETS, scope='toolkit', locations=['pretrain.datasets.image_text']
+    'dataset',
+    parent=MMDET_DATASETS,
+    scope='toolkit',
+    locations=['pretrain.datasets.image_text', 'video.datasets.msrvtt'],
 )
 TRANSFORMS = ToolkitRegistry(
-    'transform', parent=MMDET_TRANSFORMS, scope='toolkit', locations=['pretrain.datasets.transforms']
+    'transform',
+    parent=MMDET_TRANSFORMS,
+    scope='toolkit',
+    locations=['pretrain.datasets.transforms', 'video.datasets.transforms'],
+)
+DATA_SAMPLERS = ToolkitRegistry(
+    'data sampler', parent=MMDET_DATA_SAMPLERS, scope='toolkit', locations=['toolkit.samplers']
 )
 METRICS = ToolkitRegistry(
     'metric',
     parent=MMDET_METRICS,
     scope='toolkit',
-    locations=['pretrain.evaluation.retrieval', 'pretrain.evaluation.caption'],
+    locations=['pretrain.evaluation.retrieval', 'pretrain.evaluation.caption', 'video.evaluation.vqa'],
 )
 HOOKS = ToolkitRegistry('hook', parent=MMDET_HOOKS, scope='toolkit', locations=['toolkit.hooks'])
 OPTIM_WRAPPERS = ToolkitRegistry(
@@ -92,6 +105,7 @@ def all_registries() -> dict[str, ToolkitRegistry]:
     return {
         'MODELS': MODELS,
         'DATASETS': DATASETS,
+        'DATA_SAMPLERS': DATA_SAMPLERS,
         'TRANSFORMS': TRANSFORMS,
         'METRICS': METRICS,
         'HOOKS': HOOKS,

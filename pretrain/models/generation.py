@@ -46,17 +46,34 @@ def greedy_search(
     min_len: int = 0,
     img_mask: Tensor | None = None,
     use_cache: bool = True,
+    prefix_ids: Tensor | None = None,
+    prefix_lengths: Tensor | None = None,
 ) -> Tensor:
-    """Arg-max decoding. ``img_ctx`` (B, N, W) -> token ids (B, 1 + T), T <= max_len."""
-    batch = img_ctx.shape[0]
-    seqs = torch.full((batch, 1), bos_token_id, dtype=torch.long, device=img_ctx.device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=img_ctx.device)
+    """Arg-max decoding. ``img_ctx`` (B, N, W) -> token ids (B, 1 + T), T <= max_len.
+
+    A prompt (e.g. a question) is given as ``prefix_ids`` (B, P), the tokens that follow BOS padded at the
+    end, with ``prefix_lengths`` (B,) real tokens per row: those tokens are forced, then up to ``max_len``
+    tokens are generated (``min_len`` counts from the end of the row's prefix). The output keeps the prefix.
+    """
+    batch, device = img_ctx.shape[0], img_ctx.device
+    seqs = torch.full((batch, 1), bos_token_id, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    if prefix_ids is None:
+        prefix_ids = torch.zeros(batch, 0, dtype=torch.long, device=device)
+        prefix_lengths = torch.zeros(batch, dtype=torch.long, device=device)
+    elif prefix_lengths is None or prefix_lengths.shape != (batch,) or prefix_ids.shape[0] != batch:
+        raise ValueError('prefix_ids (B, P) needs prefix_lengths (B,) for the same batch')
+    prefix_ids, prefix_lengths = prefix_ids.to(device), prefix_lengths.to(device)
     cache = decoder.init_cache(img_ctx) if use_cache else None
-    for step in range(_max_new_tokens(decoder, max_len)):
+    steps = _max_new_tokens(decoder, int(prefix_ids.shape[1]) + int(max_len))
+    for step in range(steps):
         logprobs = _next_logprobs(decoder, seqs, img_ctx, img_mask, cache)
-        if step < min_len:
-            logprobs[:, eos_token_id] = float('-inf')
+        generated = step - prefix_lengths  # tokens generated so far after the prefix (< 0: in the prefix)
+        logprobs[(generated >= 0) & (generated < min_len), eos_token_id] = float('-inf')
         token = logprobs.argmax(dim=-1)
+        if step < prefix_ids.shape[1]:
+            token = torch.where(generated < 0, prefix_ids[:, step], token)
+        finished |= generated >= max_len
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
         seqs = torch.cat([seqs, token[:, None]], dim=1)
         finished |= token == eos_token_id
@@ -177,8 +194,13 @@ def generate(
     length_penalty: float = 1.0,
     img_mask: Tensor | None = None,
     use_cache: bool = True,
+    prefix_ids: Tensor | None = None,
+    prefix_lengths: Tensor | None = None,
 ) -> Tensor:
-    """Dispatch to :func:`greedy_search` (``method='greedy'``) or :func:`beam_search` (``'beam'``)."""
+    """Dispatch to :func:`greedy_search` (``method='greedy'``) or :func:`beam_search` (``'beam'``).
+
+    A forced prompt (``prefix_ids``, ``prefix_lengths``) is supported by greedy search only.
+    """
     special = dict(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
     if method == 'greedy':
         return greedy_search(
@@ -188,8 +210,12 @@ def generate(
             min_len=min_len,
             img_mask=img_mask,
             use_cache=use_cache,
+            prefix_ids=prefix_ids,
+            prefix_lengths=prefix_lengths,
             **special,
         )
+    if prefix_ids is not None:
+        raise ValueError(f"a prompt prefix needs method='greedy', got {method!r}")
     if method == 'beam':
         return beam_search(
             decoder,

@@ -12,8 +12,19 @@ when widths differ; the logged contrastive accuracies use the local batch only. 
 decoder is built without cross-attention or LM head (every parameter is used, no DDP
 ``find_unused_parameters`` needed): the pure contrastive baseline.
 
-Data contract: ``inputs`` (B, 3, H, W) normalised by the data preprocessor; training samples carry ``text``
-(str); evaluation samples carry ``gt_captions`` (list[str]) and ``img_id``.
+Video (MaMMUT Sec. 3.3, TubeViT): with a ``video_tokenizer`` (e.g. ``SparseTubeTokenizer``), clips
+(B, 3, T, H, W) are tokenized into sparse tubes and strided 2D patches and run through the SAME ViT;
+everything after the ViT is shared with images. The tubes are initialised from the ViT's linear patch
+embedding, also when an image-only checkpoint is loaded (a load-state-dict hook fills in the missing tube
+weights from the checkpoint's patch embedding).
+
+Open-ended (video) question answering is the generative pass with the question as a prefix: the decoder reads
+``[bos] question answer [eos]``, the loss covers the answer and EOS only, and prediction forces the question
+and generates the answer greedily.
+
+Data contract: ``inputs`` (B, 3, H, W) images or (B, 3, T, H, W) clips, normalised by the data preprocessor;
+training samples carry ``text`` (str) or ``question`` and ``gt_answer``; evaluation samples carry
+``gt_captions`` (list[str]) and ``img_id``, or ``question`` (then ``pred_answer`` is predicted).
 """
 
 from __future__ import annotations
@@ -35,6 +46,8 @@ from .text_decoder import CrossAttention
 __all__ = ['AttentionPool', 'MaMMUT']
 
 _GENERATION_KEYS = {'method', 'beam_size', 'max_len', 'min_len', 'length_penalty'}
+_TUBE_KEY = 'video_tokenizer.tubes.'
+_PATCH_KEY = 'image_encoder.patch_embed.'
 
 
 class AttentionPool(nn.Module):
@@ -72,6 +85,9 @@ class MaMMUT(BaseModel):
             length_penalty=...)`` used by ``predict``; ``None`` skips captioning.
         logit_scale_init: initial temperature ``exp(logit_scale)`` (CLIP: 1 / 0.07); clamped at 100.
         logit_bias_init: initial bias of the sigmoid (focal) form (SigLIP: -10).
+        video_tokenizer: config of a clip tokenizer (``SparseTubeTokenizer``); its ``embed_dim`` and
+            ``patch_size`` come from the image encoder. ``None``: images only.
+        answer_max_len: most answer tokens generated for a question.
         data_preprocessor: MMEngine data preprocessor config.
         init_cfg: MMEngine init config.
     """
@@ -91,6 +107,8 @@ class MaMMUT(BaseModel):
         generation: dict | None = None,
         logit_scale_init: float = 1 / 0.07,
         logit_bias_init: float = -10.0,
+        video_tokenizer: dict | None = None,
+        answer_max_len: int = 5,
         data_preprocessor: dict | None = None,
         init_cfg: dict | list[dict] | None = None,
     ) -> None:
@@ -105,9 +123,21 @@ class MaMMUT(BaseModel):
         self.shuffle_passes = shuffle_passes
         self.contrastive_only = contrastive_only
         self.generation = dict(generation) if generation is not None else None
+        self.answer_max_len = answer_max_len
 
         self.image_encoder = MODELS.build(image_encoder)
         img_dim = int(self.image_encoder.embed_dim)
+        if video_tokenizer is not None:
+            cfg = dict(video_tokenizer)
+            cfg.setdefault('embed_dim', img_dim)
+            cfg.setdefault('patch_size', int(self.image_encoder.patch_size))
+            self.video_tokenizer = MODELS.build(cfg)
+            patch = self._linear_patch_embed()
+            if patch is not None:
+                self.video_tokenizer.inflate_patch_kernel(patch.weight, patch.bias)
+            self._register_load_state_dict_pre_hook(self._inflate_missing_tubes)
+        else:
+            self.video_tokenizer = None
         self.text_decoder = MODELS.build(self._decoder_cfg(text_decoder))
         dec_width = int(self.text_decoder.width)
 
@@ -154,6 +184,21 @@ class MaMMUT(BaseModel):
             cfg.update(cross_attn_layers='none', tie_embeddings=True)
         return cfg
 
+    def _linear_patch_embed(self) -> nn.Conv2d | None:
+        patch = getattr(self.image_encoder, 'patch_embed', None)
+        return patch if isinstance(patch, nn.Conv2d) else None
+
+    def _inflate_missing_tubes(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+        """Load-state-dict pre-hook: an image checkpoint (patch embedding, no tubes) initialises the tubes."""
+        if any(key.startswith(prefix + _TUBE_KEY) for key in state_dict):
+            return
+        weight = state_dict.get(prefix + _PATCH_KEY + 'weight')
+        if weight is None or weight.dim() != 4 or self._linear_patch_embed() is None:
+            return
+        bias = state_dict.get(prefix + _PATCH_KEY + 'bias')
+        inflated = self.video_tokenizer.inflated_state(weight, bias)
+        state_dict.update({prefix + _TUBE_KEY + key: value for key, value in inflated.items()})
+
     # ------------------------------------------------------------------ building blocks
     def _tokenize(self, texts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
         """Texts -> ``txt_ids`` (B, L) and ``lengths`` (B,) on ``device``.
@@ -185,9 +230,21 @@ class MaMMUT(BaseModel):
             raise RuntimeError('contrastive_only MaMMUT has no generative pass')
         return self.img_ctx_proj(img_tokens)
 
+    def visual_tokens(self, inputs: Tensor) -> Tensor:
+        """ViT tokens (B, N, D_img) of images (B, 3, H, W) or, through the video tokenizer, of clips
+        (B, 3, T, H, W)."""
+        if inputs.dim() == 4:
+            return self.image_encoder(inputs)
+        if inputs.dim() != 5:
+            shape = tuple(inputs.shape)
+            raise ValueError(f'expected images (B, C, H, W) or clips (B, C, T, H, W), got {shape}')
+        if self.video_tokenizer is None:
+            raise ValueError('got clips (B, C, T, H, W) but this MaMMUT has no video_tokenizer')
+        return self.image_encoder.forward_embedded(self.video_tokenizer(inputs, self.image_encoder))
+
     def encode_image(self, images: Tensor) -> Tensor:
-        """``images`` (B, 3, H, W) -> ``img_emb`` (B, E), L2-normalised."""
-        return self.image_embedding(self.image_encoder(images))
+        """``images`` (B, 3, H, W) or clips (B, 3, T, H, W) -> ``img_emb`` (B, E), L2-normalised."""
+        return self.image_embedding(self.visual_tokens(images))
 
     def encode_text(self, texts: list[str]) -> Tensor:
         """List of B texts -> ``txt_emb`` (B, E), L2-normalised."""
@@ -195,8 +252,53 @@ class MaMMUT(BaseModel):
         return self.text_embedding(txt_ids, lengths)
 
     def generate(self, images: Tensor, **kwargs: Any) -> list[str]:
-        """Captions of ``images`` (B, 3, H, W); ``kwargs`` override ``generation`` (method, beam_size...)."""
-        return self._generate_from_tokens(self.image_encoder(images), **kwargs)
+        """Captions of images or clips; ``kwargs`` override ``generation`` (method, beam_size...)."""
+        return self._generate_from_tokens(self.visual_tokens(images), **kwargs)
+
+    def answer(self, inputs: Tensor, questions: list[str]) -> list[str]:
+        """Greedy open-ended answers to one question per image or clip."""
+        return self._answer_from_tokens(self.visual_tokens(inputs), questions)
+
+    def _qa_ids(
+        self, questions: list[str], answers: list[str] | None, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        """``[bos] question (answer [eos])`` ids (B, L) padded, and the prefix length (B,) (BOS + question).
+
+        The question is cut from its end if question and answer do not fit the context.
+        """
+        tok, context = self.tokenizer, int(self.tokenizer.context_length)
+        rows, prefix = [], []
+        for index, question in enumerate(questions):
+            q_ids = tok.encode(question)
+            if answers is None:
+                row = [tok.bos_token_id, *q_ids[: context - 1 - self.answer_max_len]]
+            else:
+                a_ids = tok.encode(answers[index])[: context - 2]
+                row = [tok.bos_token_id, *q_ids[: max(0, context - 2 - len(a_ids))]]
+                prefix.append(len(row))
+                row += [*a_ids, tok.eos_token_id]
+            if answers is None:
+                prefix.append(len(row))
+            rows.append(row)
+        ids = torch.full((len(rows), max(map(len, rows))), tok.pad_token_id, dtype=torch.long)
+        for index, row in enumerate(rows):
+            ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+        return ids.to(device), torch.tensor(prefix, dtype=torch.long, device=device)
+
+    def _answer_from_tokens(self, img_tokens: Tensor, questions: list[str]) -> list[str]:
+        ids, prefix = self._qa_ids(questions, None, img_tokens.device)
+        out = generate_ids(
+            self.text_decoder,
+            self.image_context(img_tokens),
+            method='greedy',
+            bos_token_id=self.tokenizer.bos_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            max_len=self.answer_max_len,
+            prefix_ids=ids[:, 1:],
+            prefix_lengths=prefix - 1,
+        )
+        return [self.tokenizer.decode(row[int(p) :]) for row, p in zip(out.cpu(), prefix.cpu(), strict=True)]
 
     def _generate_from_tokens(self, img_tokens: Tensor, **kwargs: Any) -> list[str]:
         options = {'method': 'greedy', 'max_len': 30, **(self.generation or {}), **kwargs}
@@ -230,20 +332,51 @@ class MaMMUT(BaseModel):
             return bool(torch.randint(0, 2, ()).item())
         return True
 
+    @staticmethod
+    def _has_field(data_samples: list[BaseDataElement], field: str) -> bool:
+        """Whether every sample has ``field``; a batch where only some have it fails (batch them apart)."""
+        present = [hasattr(sample, field) for sample in data_samples]
+        if any(present) and not all(present):
+            raise ValueError(f'only some samples of the batch have {field!r}; batch such samples apart')
+        return bool(present) and all(present)
+
+    @staticmethod
+    def _questions(data_samples: list[BaseDataElement], with_answers: bool) -> tuple[list[int], list, list]:
+        """Questions per sample (a str or a list of them), flattened: counts (B,), questions, answers."""
+        counts, questions, answers = [], [], []
+        for sample in data_samples:
+            qs = sample.question if isinstance(sample.question, list | tuple) else [sample.question]
+            counts.append(len(qs))
+            questions += [str(q) for q in qs]
+            if with_answers:
+                ans = sample.gt_answer if isinstance(sample.gt_answer, list | tuple) else [sample.gt_answer]
+                if len(ans) != len(qs):
+                    raise ValueError(f'a sample has {len(qs)} questions but {len(ans)} answers')
+                answers += [str(a) for a in ans]
+        return counts, questions, answers
+
     def loss(self, inputs: Tensor, data_samples: list[BaseDataElement]) -> dict[str, Tensor]:
-        """Two-pass losses: ``loss_contrastive``, ``loss_caption`` plus logged scalars."""
-        contrastive_first = self.draw_pass_order()
-        txt_ids, lengths = self._tokenize([sample.text for sample in data_samples], inputs.device)
-        img_tokens = self.image_encoder(inputs)
+        """Losses ``loss_contrastive`` and ``loss_caption`` plus logged scalars; with questions also
+        ``loss_answer``. Samples carry ``text``, ``question`` (+ ``gt_answer``) or both (one encoder pass)."""
+        with_text = self._has_field(data_samples, 'text')
+        with_qa = self._has_field(data_samples, 'question')
+        if not (with_text or with_qa):
+            raise ValueError('training samples need a caption (text) or a question and gt_answer')
+        img_tokens = self.visual_tokens(inputs)
         out: dict[str, Tensor] = {}
-        passes = [self._contrastive_pass, self._generative_pass]
-        if self.contrastive_only:
-            passes = passes[:1]
-        elif not contrastive_first:
-            passes = passes[::-1]
-        for run_pass in passes:
-            out.update(run_pass(img_tokens, txt_ids, lengths))
-        out['contrastive_first'] = torch.tensor(float(contrastive_first), device=inputs.device)
+        if with_text:
+            contrastive_first = self.draw_pass_order()
+            txt_ids, lengths = self._tokenize([sample.text for sample in data_samples], inputs.device)
+            passes = [self._contrastive_pass, self._generative_pass]
+            if self.contrastive_only:
+                passes = passes[:1]
+            elif not contrastive_first:
+                passes = passes[::-1]
+            for run_pass in passes:
+                out.update(run_pass(img_tokens, txt_ids, lengths))
+            out['contrastive_first'] = torch.tensor(float(contrastive_first), device=inputs.device)
+        if with_qa:
+            out.update(self._answer_pass(img_tokens, data_samples))
         return out
 
     def _contrastive_pass(self, img_tokens: Tensor, txt_ids: Tensor, lengths: Tensor) -> dict[str, Tensor]:
@@ -281,10 +414,47 @@ class MaMMUT(BaseModel):
             acc = correct.sum().float() / valid.sum().clamp(min=1).float()
         return {'loss_caption': loss, 'acc_caption': acc}
 
+    def _answer_pass(self, img_tokens: Tensor, data_samples: list[BaseDataElement]) -> dict[str, Tensor]:
+        """Generative pass on ``[bos] question answer [eos]``; the loss covers the answer and EOS only.
+
+        A sample with several questions encodes its image or clip once; its tokens are repeated per question.
+        """
+        if self.caption_loss is None:
+            raise RuntimeError('contrastive_only MaMMUT cannot answer questions')
+        counts, questions, answers = self._questions(data_samples, with_answers=True)
+        repeats = torch.tensor(counts, device=img_tokens.device)
+        img_ctx = self.image_context(img_tokens).repeat_interleave(repeats, dim=0)
+        txt_ids, prefix = self._qa_ids(questions, answers, img_tokens.device)
+        lengths = self.tokenizer.lengths(txt_ids)
+        logits = self.text_decoder.forward_generative(txt_ids[:, :-1], img_ctx)
+        targets = self.caption_targets(txt_ids, lengths)
+        positions = torch.arange(targets.shape[1], device=targets.device)[None]
+        targets[positions < (prefix[:, None] - 1)] = self.caption_loss.ignore_index  # question tokens
+        loss = self.caption_loss(logits, targets)
+        with torch.no_grad():
+            valid = targets != self.caption_loss.ignore_index
+            correct = ((logits.argmax(dim=-1) == targets) | ~valid).all(dim=1).float().mean()
+        return {'loss_answer': loss, 'acc_answer': correct}
+
     @torch.no_grad()
     def predict(self, inputs: Tensor, data_samples: list[BaseDataElement]) -> list[BaseDataElement]:
-        """Sets ``img_emb`` (E,), ``txt_emb`` (K, E) of ``gt_captions`` and ``pred_caption`` (str), on CPU."""
-        img_tokens = self.image_encoder(inputs)
+        """Sets ``img_emb`` (E,), ``txt_emb`` (K, E) of ``gt_captions`` and ``pred_caption`` (str), on CPU.
+
+        Samples with a ``question`` get ``pred_answer`` (a str, or a list for a list of questions); samples
+        with questions and no ``gt_captions`` skip the embeddings and captioning.
+        """
+        img_tokens = self.visual_tokens(inputs)
+        if self._has_field(data_samples, 'question'):
+            counts, questions, _ = self._questions(data_samples, with_answers=False)
+            repeats = torch.tensor(counts, device=img_tokens.device)
+            answers = self._answer_from_tokens(img_tokens.repeat_interleave(repeats, dim=0), questions)
+            start = 0
+            for sample, count in zip(data_samples, counts, strict=True):
+                grouped = isinstance(sample.question, list | tuple)
+                sample.pred_answer = answers[start : start + count] if grouped else answers[start]
+                start += count
+            if not self._has_field(data_samples, 'gt_captions'):
+                return data_samples
         img_emb = self.image_embedding(img_tokens).cpu()
         captions = [list(getattr(sample, 'gt_captions', None) or []) for sample in data_samples]
         flat = [text for texts in captions for text in texts]
@@ -305,7 +475,7 @@ class MaMMUT(BaseModel):
     def _forward_tensor(
         self, inputs: Tensor, data_samples: list[BaseDataElement] | None
     ) -> dict[str, Tensor]:
-        img_tokens = self.image_encoder(inputs)
+        img_tokens = self.visual_tokens(inputs)
         out = {'img_tokens': img_tokens, 'img_emb': self.image_embedding(img_tokens)}
         if data_samples and all('text' in sample for sample in data_samples):
             out['txt_emb'] = self.encode_text([sample.text for sample in data_samples])

@@ -331,6 +331,18 @@ class MaMMUTViT(BaseModule):
         )
         return rearrange(cropped, 'k d h w -> k (h w) d')
 
+    def sample_pos_embed(self, points_xy: Tensor) -> Tensor:
+        """Full learned embeddings bilinearly sampled at continuous positions -> (N, D).
+
+        ``points_xy`` (N, 2) are (x, y) fractions of the image width and height (0 and 1 are the image
+        edges): a patch centre gives exactly that patch's embedding. Video tube tokens use this.
+        """
+        sample_grid = (points_xy.to(self.pos_embed.dtype) * 2.0 - 1.0)[None, None]  # (1, 1, N, 2)
+        sampled = F.grid_sample(
+            self._pos_grid(), sample_grid, mode='bilinear', padding_mode='border', align_corners=False
+        )
+        return rearrange(sampled, '1 d 1 n -> n d')
+
     def get_pos_embed(self, grid_hw: Sequence[int], batch_size: int = 1) -> Tensor:
         """Embeddings the forward pass adds: cropped in training (if enabled), full otherwise.
 
@@ -366,6 +378,17 @@ class MaMMUTViT(BaseModule):
         for block in self.blocks:
             tokens = self._run_block(block, tokens)
         return self.norm(tokens)
+
+    def forward_embedded(self, tokens: Tensor) -> Tensor:
+        """Run already embedded tokens (B, N, D), position embeddings included (e.g. video tubes), through
+        the class token, blocks and norms -> (B, N, D), class token dropped."""
+        if self.cls_token is not None:
+            cls = (self.cls_token + self.cls_pos_embed).to(tokens.dtype).expand(tokens.shape[0], -1, -1)
+            tokens = torch.cat([cls, tokens], dim=1)
+        tokens = self.norm_pre(tokens)
+        for block in self.blocks:
+            tokens = self._run_block(block, tokens)
+        return self.norm(tokens)[:, self.num_prefix_tokens :]
 
     def forward(self, images: Tensor) -> Tensor:
         """``images`` (B, C, H, W) -> ``img_tokens`` (B, N, D): normed patch tokens, no class token."""

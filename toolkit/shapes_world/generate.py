@@ -50,12 +50,12 @@ from toolkit.shapes_world.video import encode_mp4, render_video_frames, sample_v
 
 __all__ = ['SIZES', 'VERSION', 'category_weights', 'generate_shapes_world']
 
-VERSION = '1.1'  # 1.1: val/test follow the training category distribution
+VERSION = '1.2'  # 1.1: val/test follow the training category distribution; 1.2: 2,000 small videos
 # (train, val, test) images and the number of videos of each size.
 SIZES: dict[str, tuple[int, int, int, int]] = {
     'tiny': (48, 16, 16, 12),
-    'small': (1600, 200, 200, 500),
-    'full': (16000, 2000, 2000, 5000),
+    'small': (1600, 200, 200, 2000),  # 1,400 / 200 / 400 videos: enough to learn motion words
+    'full': (16000, 2000, 2000, 20000),
 }
 SPLITS = ('train', 'val', 'test')
 _SPLIT_CODE = {'train': 0, 'val': 1, 'test': 2, 'video': 3}
@@ -231,7 +231,7 @@ def generate_shapes_world(
         out_dir: output directory; its ``images``, ``videos``, ``annotations``, ``msrvtt`` folders,
             ``tokenizer.json`` and ``.complete`` are replaced, nothing else is touched.
         seed: run seed; the same seed gives byte-identical JSON and identical images.
-        size: ``tiny`` (48/16/16 images, 12 videos), ``small`` (1600/200/200, 500) or ``full`` (10x small).
+        size: ``tiny`` (48/16/16 images, 12 videos), ``small`` (1600/200/200, 2000) or ``full`` (10x small).
         workers: processes used to render (1: in this process).
         image_size: image side in pixels.
         video_frames, video_size, fps: frames per video, frame side (even) and frame rate.
