@@ -38,7 +38,9 @@ def test_config_builds_and_trains_one_step(path: Path) -> None:
     cfg = Config.fromfile(str(path))
     assert cfg.default_scope == 'toolkit'
     for split in ('train', 'val', 'test'):
-        assert 'data_root' in cfg[f'{split}_dataloader']['dataset']
+        dataset = cfg[f'{split}_dataloader']['dataset']
+        for part in dataset.get('datasets', [dataset]):  # a ConcatDataset: each part has its own root
+            assert 'data_root' in part
     torch.manual_seed(0)
     model = MODELS.build(_reduce(cfg.model.to_dict()))
     size = model.image_encoder.img_size if hasattr(model.image_encoder, 'img_size') else 32
@@ -48,11 +50,18 @@ def test_config_builds_and_trains_one_step(path: Path) -> None:
         BaseDataElement(text='a red circle above a blue square'),
         BaseDataElement(text='two green stars'),
     ]
+    if model.video_tokenizer is not None:  # clips of the config's frame count (tube shapes need it)
+        images = [torch.randint(0, 255, (3, cfg.num_frames, size, size), dtype=torch.uint8) for _ in range(2)]
+        samples[1].question = 'which way does the star move?'
+        samples[1].gt_answer = 'left'
+        samples[0].question = ['what colour is the circle?']
+        samples[0].gt_answer = ['red']
     optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
     data = model.data_preprocessor(dict(inputs=images, data_samples=samples), training=True)
     losses = model(**data, mode='loss')
     total = sum(v for k, v in losses.items() if 'loss' in k)
     assert torch.isfinite(total)
+    assert model.video_tokenizer is None or 'loss_answer' in losses
     total.backward()
     optim.step()
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from mmengine.evaluator import BaseMetric
 
-from pretrain.evaluation.retrieval import get_sample_field
+from toolkit.evaluation import get_sample_field
 from toolkit.registry import METRICS
 
 __all__ = ['CAPTION_METRICS', 'CaptionMetric', 'caption_scores', 'constant_caption_baseline', 'ptb_tokenize']

@@ -18,30 +18,19 @@ embedding and K caption embeddings.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from mmengine.evaluator import BaseMetric
-from mmengine.structures import BaseDataElement
 
+from toolkit.evaluation import get_sample_field
 from toolkit.registry import METRICS
 
 __all__ = ['RetrievalMetric', 'get_sample_field', 'retrieval_metrics', 'retrieval_ranks']
 
 # Similarity entries processed per block when ranking, to bound memory on 5k x 25k matrices.
 _BLOCK_ELEMENTS = 1 << 24
-
-
-def get_sample_field(sample: Any, name: str) -> Any:
-    """Field ``name`` of a data sample (a dict or a :class:`BaseDataElement`); a clear error if missing."""
-    if isinstance(sample, Mapping):
-        if name in sample:
-            return sample[name]
-    elif isinstance(sample, BaseDataElement) and name in sample:
-        return sample.get(name)
-    keys = sorted(sample.keys()) if hasattr(sample, 'keys') else type(sample).__name__
-    raise KeyError(f'data sample has no field {name!r} (it has {keys})')
 
 
 def retrieval_ranks(sim: torch.Tensor, txt_to_img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
