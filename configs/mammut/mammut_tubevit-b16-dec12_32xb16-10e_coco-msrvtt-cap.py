@@ -21,6 +21,7 @@ train_dataloader = dict(
     dataset=dict(
         _delete_=True,  # the MSR-VTT dataset of the base becomes one part of a concatenation
         type='ConcatDataset',
+        ignore_keys=['dataset_type'],  # image-caption and MSR-VTT parts differ only in their type name
         datasets=[
             dict(
                 type='ImageCaptionDataset',

@@ -422,11 +422,15 @@ class MaMMUT(BaseModel):
         if self.caption_loss is None:
             raise RuntimeError('contrastive_only MaMMUT cannot answer questions')
         counts, questions, answers = self._questions(data_samples, with_answers=True)
+        if not questions:  # clips listed with their questions, none of which has any
+            zero = img_tokens.sum() * 0.0  # keeps every parameter in the graph (DDP)
+            return {'loss_answer': zero, 'acc_answer': zero.detach()}
         repeats = torch.tensor(counts, device=img_tokens.device)
-        img_ctx = self.image_context(img_tokens).repeat_interleave(repeats, dim=0)
         txt_ids, prefix = self._qa_ids(questions, answers, img_tokens.device)
         lengths = self.tokenizer.lengths(txt_ids)
-        logits = self.text_decoder.forward_generative(txt_ids[:, :-1], img_ctx)
+        logits = self.text_decoder.forward_generative(
+            txt_ids[:, :-1], self.image_context(img_tokens), ctx_repeats=repeats
+        )
         targets = self.caption_targets(txt_ids, lengths)
         positions = torch.arange(targets.shape[1], device=targets.device)[None]
         targets[positions < (prefix[:, None] - 1)] = self.caption_loss.ignore_index  # question tokens
@@ -447,7 +451,11 @@ class MaMMUT(BaseModel):
         if self._has_field(data_samples, 'question'):
             counts, questions, _ = self._questions(data_samples, with_answers=False)
             repeats = torch.tensor(counts, device=img_tokens.device)
-            answers = self._answer_from_tokens(img_tokens.repeat_interleave(repeats, dim=0), questions)
+            answers = (
+                self._answer_from_tokens(img_tokens.repeat_interleave(repeats, dim=0), questions)
+                if questions
+                else []
+            )
             start = 0
             for sample, count in zip(data_samples, counts, strict=True):
                 grouped = isinstance(sample.question, list | tuple)

@@ -271,9 +271,15 @@ class MaMMUTTextDecoder(BaseModule):
         is_causal: bool,
         img_ctx: Tensor | None,
         img_mask: Tensor | None,
+        ctx_repeats: Tensor | None = None,
     ) -> Tensor:
         for block in self.blocks:
             img_kv = block.image_kv(img_ctx) if block.has_cross and img_ctx is not None else None
+            if img_kv is not None and ctx_repeats is not None:  # project each image once, then share
+                img_kv = (
+                    img_kv[0].repeat_interleave(ctx_repeats, 0),
+                    img_kv[1].repeat_interleave(ctx_repeats, 0),
+                )
 
             def run(x_in: Tensor, block: DecoderBlock = block, img_kv: tuple | None = img_kv) -> Tensor:
                 return block(
@@ -306,18 +312,29 @@ class MaMMUTTextDecoder(BaseModule):
         lengths: Tensor | None = None,
         img_ctx: Tensor | None = None,
         img_mask: Tensor | None = None,
+        ctx_repeats: Tensor | None = None,
     ) -> Tensor:
         """Final-normed token features (B, L, W).
 
         ``causal=False`` with ``lengths`` masks padding keys; ``img_ctx=None`` skips every cross-attention.
+        ``ctx_repeats`` (B_img,): text row blocks share one image each (``img_ctx`` (B_img, N, W), B =
+        ``ctx_repeats.sum()``): the image keys/values are computed once per image, e.g. for the questions
+        of one clip.
         """
         x = self._embed(txt_ids)
         attn_mask = None
         if not causal and lengths is not None:
             valid = torch.arange(txt_ids.shape[1], device=txt_ids.device)[None] < lengths[:, None]
             attn_mask = valid[:, None, None, :]  # (B, 1, 1, L): keys only
+        if img_mask is not None and ctx_repeats is not None:
+            img_mask = img_mask.repeat_interleave(ctx_repeats, 0)
         x = self._run_blocks(
-            x, attn_mask=attn_mask, is_causal=causal, img_ctx=img_ctx, img_mask=self._img_mask(img_mask)
+            x,
+            attn_mask=attn_mask,
+            is_causal=causal,
+            img_ctx=img_ctx,
+            img_mask=self._img_mask(img_mask),
+            ctx_repeats=ctx_repeats,
         )
         return self.norm_final(x)
 
@@ -330,9 +347,22 @@ class MaMMUTTextDecoder(BaseModule):
         pooled = (tokens * valid[..., None]).sum(dim=1) / valid.sum(dim=1, keepdim=True).clamp(min=1.0)
         return self.text_proj(pooled)
 
-    def forward_generative(self, txt_ids: Tensor, img_ctx: Tensor, img_mask: Tensor | None = None) -> Tensor:
-        """Generative pass: causal, cross-attending to ``img_ctx`` (B, N, W) -> ``logits`` (B, L, V)."""
-        return self._logits(self.encode_tokens(txt_ids, causal=True, img_ctx=img_ctx, img_mask=img_mask))
+    def forward_generative(
+        self,
+        txt_ids: Tensor,
+        img_ctx: Tensor,
+        img_mask: Tensor | None = None,
+        ctx_repeats: Tensor | None = None,
+    ) -> Tensor:
+        """Generative pass: causal, cross-attending to ``img_ctx`` (B, N, W) -> ``logits`` (B, L, V).
+
+        With ``ctx_repeats`` (B_img,), ``img_ctx`` is (B_img, N, W) and row block i of ``txt_ids`` reads
+        image i (see :meth:`encode_tokens`).
+        """
+        tokens = self.encode_tokens(
+            txt_ids, causal=True, img_ctx=img_ctx, img_mask=img_mask, ctx_repeats=ctx_repeats
+        )
+        return self._logits(tokens)
 
     def forward(
         self,

@@ -196,3 +196,27 @@ def test_metric_rejects_bad_groups_and_empty_results() -> None:
         VideoQAMetric(groups={'two words': 'x'})
     with pytest.raises(ValueError, match='no predictions'):
         VideoQAMetric().compute_metrics([])
+
+
+def test_grouped_questions_of_a_clip_all_count_through_evaluate() -> None:
+    """A clip with all its questions is one data sample: every question counts, also after mmengine keeps
+    only the first ``len(dataset)`` results (the padding of distributed samplers)."""
+    metric = VideoQAMetric(groups=dict(motion=r'^which way'))
+    clips = [
+        dict(
+            question=['what shape moves?', 'which way does the red circle move?'],
+            gt_answer=['circle', 'left'],
+            pred_answer=['circle', 'right'],
+            question_id=[1, 2],
+            question_type=[0, 2],
+        ),
+        dict(question=['what colour is it?'], gt_answer=['red'], pred_answer=['Red.'], question_id=[3],
+             question_type=[0]),  # fmt: skip
+    ]
+    metric.process({}, clips)
+    out = metric.evaluate(size=len(clips))
+    assert out['vqa/num_questions'] == 3 and out['vqa/accuracy'] == pytest.approx(2 / 3)
+    assert out['vqa/accuracy_motion'] == 0.0 and out['vqa/num_motion'] == 1
+    bad = dict(clips[0], pred_answer=['circle'])
+    with pytest.raises(ValueError, match='lengths'):
+        metric.process({}, [bad])

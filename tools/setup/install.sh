@@ -36,7 +36,7 @@ if [ ! -x "$VENV/bin/uv" ]; then
     step "Installing uv into $VENV"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "uv==$(sed -n 's/^uv==//p' requirements/tools.txt)"
 fi
-UV=("$VENV/bin/uv" pip install --python "$VENV/bin/python" -c "$CONSTRAINTS")
+UV=("$VENV/bin/uv" pip install --python "$VENV/bin/python" -c "$CONSTRAINTS" --excludes requirements/excludes.txt)
 
 find_mmcv_wheel() {
     local dir

@@ -219,21 +219,26 @@ class VideoQAMetric(BaseMetric):
             else:
                 fields = {key: [value] for key, value in fields.items()}
                 qtypes = None if qtypes is None else [qtypes]
-            for index in range(len(fields['question'])):
-                qtype = None if qtypes is None else int(qtypes[index])
-                self.results.append(
+            # One result per data sample: mmengine keeps the first len(dataset) results (dropping the
+            # padding of distributed samplers), so a clip's questions must stay together.
+            self.results.append(
+                [
                     {
                         'question_id': int(fields['question_id'][index]),
                         'question': str(fields['question'][index]),
                         'pred': str(fields['pred'][index]),
                         'gt': str(fields['gt'][index]),
-                        'question_type': qtype if qtype is not None and qtype >= 0 else None,  # -1: untyped
+                        'question_type': None if qtype is None or qtype < 0 else qtype,  # -1: untyped
                     }
-                )
+                    for index, qtype in enumerate(
+                        [None] * len(fields['question']) if qtypes is None else [int(t) for t in qtypes]
+                    )
+                ]
+            )
 
-    def compute_metrics(self, results: list[dict[str, Any]]) -> dict[str, float | int]:
+    def compute_metrics(self, results: list[list[dict[str, Any]]]) -> dict[str, float | int]:
         unique: dict[int, dict[str, Any]] = {}
-        for result in results:
+        for result in (question for sample in results for question in sample):
             first = unique.setdefault(result['question_id'], result)  # keep the first copy of a repeat
             if (first['question'], first['gt']) != (result['question'], result['gt']):
                 raise ValueError(

@@ -3,10 +3,10 @@
 # data/msrvtt/: MSRVTT_data.json (all 10k videos and 200k sentences, CLIP4Clip's file), the two CSVs, videos/.
 _base_ = ['./msrvtt_caption.py']
 train_dataloader = dict(
-    dataset=dict(ann_file='MSRVTT_data.json', video_list='MSRVTT_train.9k.csv', split=None),
+    dataset=dict(ann_file='MSRVTT_data.json', video_list='MSRVTT_train.9k.csv', split=()),
 )
 val_dataloader = dict(
-    dataset=dict(ann_file='MSRVTT_data.json', video_list='MSRVTT_JSFUSION_test.csv', split=None),
+    dataset=dict(ann_file='MSRVTT_data.json', video_list='MSRVTT_JSFUSION_test.csv', split=()),
 )
 test_dataloader = val_dataloader
 val_evaluator = [dict(type='RetrievalMetric')]

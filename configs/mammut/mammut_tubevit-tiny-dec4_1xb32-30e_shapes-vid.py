@@ -6,12 +6,15 @@ _base_ = [
     '../_base_/schedules/adamw_cosine_20e.py',
     '../_base_/default_runtime.py',
 ]
-max_epochs = 12  # 1,400 train clips / 32 = 44 iterations an epoch -> 528 iterations
+max_epochs = 30  # 1,400 train clips / 32 = 44 iterations an epoch -> 1,320 iterations
 model = dict(
     image_encoder=dict(
         img_size=64,  # the 64 x 64 frames
         patch_size=8,  # 8 x 8 patches per frame, each 8 px (a shape is ~20 px across)
-        patch_stem='linear',  # the tubes are initialised from (and mirror) a linear patch embedding
+        # A convolutional stem for the 2D patches, as the image demo: from scratch, a linear one learnt too
+        # slowly (12 epochs: test CIDEr 1.41, QA accuracy 0.60, motion 0.30). The tubes cannot be inflated
+        # from a conv stem and start from random weights (from scratch here anyway).
+        patch_stem='conv',
         embed_dim=192,
         depth=4,
         num_heads=3,
@@ -51,6 +54,6 @@ param_scheduler = [  # a list replaces the base schedule whole
         convert_to_iter_based=True,
     ),
 ]
-train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+train_cfg = dict(max_epochs=max_epochs, val_interval=10)
 auto_scale_lr = dict(base_batch_size=32)
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=max_epochs))
