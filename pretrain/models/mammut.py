@@ -16,7 +16,7 @@ Video (MaMMUT Sec. 3.3, TubeViT): with a ``video_tokenizer`` (e.g. ``SparseTubeT
 (B, 3, T, H, W) are tokenized into sparse tubes and strided 2D patches and run through the SAME ViT;
 everything after the ViT is shared with images. The tubes are initialised from the ViT's linear patch
 embedding, also when an image-only checkpoint is loaded (a load-state-dict hook fills in the missing tube
-weights from the checkpoint's patch embedding).
+weights from the checkpoint's patch embedding); with a convolutional stem they start from random weights.
 
 Open-ended (video) question answering is the generative pass with the question as a prefix: the decoder reads
 ``[bos] question answer [eos]``, the loss covers the answer and EOS only, and prediction forces the question

@@ -264,3 +264,19 @@ def test_caption_records_with_their_questions(shapes_tiny: Path) -> None:
     }
     assert sample.gt_answer == [flip.get(a, a) for a in record['answer']]
     assert sample.question_id == record['question_id'] and len(sample.question) == len(record['question'])
+
+
+def test_qa_question_pattern_selects_one_kind_of_question(shapes_tiny: Path) -> None:
+    questions = json.loads((shapes_tiny / 'msrvtt/train_qa.json').read_text())
+    wanted = [q for q in questions if q['question'].startswith('how many')]
+    ds = DATASETS.build(
+        dict(type='MSRVTTQADataset', data_root=str(shapes_tiny), ann_file='msrvtt/train_qa.json',
+             question_pattern=r'^how many')  # fmt: skip
+    )
+    assert len(ds) == len(wanted) > 0
+    assert all(ds.get_data_info(i)['question'].startswith('how many') for i in range(len(ds)))
+    common = dict(type='MSRVTTQADataset', data_root=str(shapes_tiny), ann_file='msrvtt/train_qa.json')
+    with pytest.raises(ValueError, match="no questions matching 'never'"):
+        DATASETS.build(dict(common, question_pattern='never'))
+    with pytest.raises(ValueError, match='not a valid regex'):
+        DATASETS.build(dict(common, question_pattern='('))

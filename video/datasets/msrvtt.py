@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import os.path as osp
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -341,6 +342,8 @@ class MSRVTTQADataset(_VideoDataset):
         data_root, data_prefix, video_ext, check_files, on_unreadable: As :class:`MSRVTTCaptionDataset`
             (``num_skipped`` counts videos, not questions).
         video_name: Format of the file name of an integer video id (``'video{}'`` -> ``video7.mp4``).
+        question_pattern: Keep only the questions this regex finds (``re.search``), e.g. one kind of
+            question for a focused fine-tuning or evaluation.
     """
 
     METAINFO: dict[str, Any] = dict(dataset_type='msrvtt_qa')
@@ -353,6 +356,7 @@ class MSRVTTQADataset(_VideoDataset):
         data_prefix: dict[str, str] | None = None,
         video_ext: str = '.mp4',
         video_name: str = 'video{}',
+        question_pattern: str | None = None,
         check_files: bool = True,
         on_unreadable: str = 'raise',
         **kwargs: Any,
@@ -360,6 +364,10 @@ class MSRVTTQADataset(_VideoDataset):
         if '{}' not in video_name:
             raise ValueError(f'video_name must contain "{{}}" for the video id, got {video_name!r}')
         self.video_name = video_name
+        try:
+            self.question_pattern = None if question_pattern is None else re.compile(question_pattern)
+        except re.error as err:
+            raise ValueError(f'question_pattern {question_pattern!r} is not a valid regex: {err}') from None
         super().__init__(
             ann_file=ann_file,
             data_root=data_root,
@@ -373,6 +381,8 @@ class MSRVTTQADataset(_VideoDataset):
     def load_data_list(self) -> list[dict[str, Any]]:
         records = []
         for question in _read_questions(self.ann_file):
+            if self.question_pattern is not None and not self.question_pattern.search(question['question']):
+                continue
             video_id = question['img_id']
             records.append(
                 dict(
@@ -382,7 +392,10 @@ class MSRVTTQADataset(_VideoDataset):
                 )
             )
         if not records:
-            raise ValueError(f'{self.ann_file}: no questions')
+            selection = (
+                '' if self.question_pattern is None else f' matching {self.question_pattern.pattern!r}'
+            )
+            raise ValueError(f'{self.ann_file}: no questions{selection}')
         return self._preflight(records)
 
     def __repr__(self) -> str:
