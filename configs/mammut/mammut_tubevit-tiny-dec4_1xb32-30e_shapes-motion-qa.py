@@ -20,7 +20,10 @@ test_pipeline = [
     dict(type='PackVideoTextInputs'),
 ]
 qa_dataset = dict(
-    type='MSRVTTQADataset', data_root=data_root, data_prefix=dict(video_path='videos/'), question_pattern=motion
+    type='MSRVTTQADataset',
+    data_root=data_root,
+    data_prefix=dict(video_path='videos/'),
+    question_pattern=motion,
 )
 train_dataloader = dict(
     dataset=dict(_delete_=True, ann_file='msrvtt/train_qa.json', pipeline=train_pipeline, **qa_dataset)

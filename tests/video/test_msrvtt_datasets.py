@@ -270,8 +270,12 @@ def test_qa_question_pattern_selects_one_kind_of_question(shapes_tiny: Path) -> 
     questions = json.loads((shapes_tiny / 'msrvtt/train_qa.json').read_text())
     wanted = [q for q in questions if q['question'].startswith('how many')]
     ds = DATASETS.build(
-        dict(type='MSRVTTQADataset', data_root=str(shapes_tiny), ann_file='msrvtt/train_qa.json',
-             question_pattern=r'^how many')  # fmt: skip
+        dict(
+            type='MSRVTTQADataset',
+            data_root=str(shapes_tiny),
+            ann_file='msrvtt/train_qa.json',
+            question_pattern=r'^how many',
+        )  # fmt: skip
     )
     assert len(ds) == len(wanted) > 0
     assert all(ds.get_data_info(i)['question'].startswith('how many') for i in range(len(ds)))

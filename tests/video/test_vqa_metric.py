@@ -210,8 +210,13 @@ def test_grouped_questions_of_a_clip_all_count_through_evaluate() -> None:
             question_id=[1, 2],
             question_type=[0, 2],
         ),
-        dict(question=['what colour is it?'], gt_answer=['red'], pred_answer=['Red.'], question_id=[3],
-             question_type=[0]),  # fmt: skip
+        dict(
+            question=['what colour is it?'],
+            gt_answer=['red'],
+            pred_answer=['Red.'],
+            question_id=[3],
+            question_type=[0],
+        ),  # fmt: skip
     ]
     metric.process({}, clips)
     out = metric.evaluate(size=len(clips))
