@@ -54,8 +54,9 @@ def test_decode_benchmark_tiny(monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
     )
 
 
-def test_encode_part_is_separate(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parts_are_selectable(monkeypatch: pytest.MonkeyPatch) -> None:
     benchmark = _load_video_benchmark(monkeypatch)
-    assert benchmark.parse_args([]).part == 'decode'
+    assert benchmark.parse_args([]).part == 'both'  # decode and encode side by side by default
+    assert benchmark.parse_args(['--part', 'encode']).part == 'encode'
     with pytest.raises(SystemExit):
         benchmark.parse_args(['--part', 'nothing'])
