@@ -362,10 +362,10 @@ class MaMMUT(BaseModel):
         with_qa = self._has_field(data_samples, 'question')
         if not (with_text or with_qa):
             raise ValueError('training samples need a caption (text) or a question and gt_answer')
+        contrastive_first = self.draw_pass_order() if with_text else True  # first: before any other RNG use
         img_tokens = self.visual_tokens(inputs)
         out: dict[str, Tensor] = {}
         if with_text:
-            contrastive_first = self.draw_pass_order()
             txt_ids, lengths = self._tokenize([sample.text for sample in data_samples], inputs.device)
             passes = [self._contrastive_pass, self._generative_pass]
             if self.contrastive_only:
