@@ -269,17 +269,14 @@ class MaMMUT(BaseModel):
         tok, context = self.tokenizer, int(self.tokenizer.context_length)
         rows, prefix = [], []
         for index, question in enumerate(questions):
-            q_ids = tok.encode(question)
-            if answers is None:
-                row = [tok.bos_token_id, *q_ids[: context - 1 - self.answer_max_len]]
+            if answers is None:  # room for the answer to be generated
+                tail, room = [], context - 1 - self.answer_max_len
             else:
                 a_ids = tok.encode(answers[index])[: context - 2]
-                row = [tok.bos_token_id, *q_ids[: max(0, context - 2 - len(a_ids))]]
-                prefix.append(len(row))
-                row += [*a_ids, tok.eos_token_id]
-            if answers is None:
-                prefix.append(len(row))
-            rows.append(row)
+                tail, room = [*a_ids, tok.eos_token_id], max(0, context - 2 - len(a_ids))
+            head = [tok.bos_token_id, *tok.encode(question)[:room]]
+            prefix.append(len(head))
+            rows.append(head + tail)
         ids = torch.full((len(rows), max(map(len, rows))), tok.pad_token_id, dtype=torch.long)
         for index, row in enumerate(rows):
             ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)

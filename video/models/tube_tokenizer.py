@@ -218,39 +218,32 @@ class SparseTubeTokenizer(nn.Module):
 
     # ------------------------------------------------------------------ initialisation
     @torch.no_grad()
-    def inflate_patch_kernel(self, patch_weight: Tensor, patch_bias: Tensor | None) -> None:
-        """Initialise every tube from a 2D patch embedding ``weight`` (D, C, p, p) and ``bias`` (D,).
+    def inflated_state(self, patch_weight: Tensor, patch_bias: Tensor | None) -> dict[str, Tensor]:
+        """Tube parameters (a state dict of ``tubes``) inflated from a 2D patch embedding ``weight``
+        (D, C, p, p) and ``bias`` (D,).
 
         The kernel is resized to the tube's (kh, kw), scaled by ``p * p / (kh * kw)`` (same response to a
         constant patch) and divided evenly over its kt frames: on a static clip a tube whose spatial size is
         the patch size gives exactly the 2D patch embedding of its region.
         """
         p_h, p_w = patch_weight.shape[-2:]
-        for spec, tube in zip(self.specs, self.tubes, strict=True):
+        state = {}
+        for index, spec in enumerate(self.specs):
             k_t, k_h, k_w = spec.kernel
             weight = patch_weight.float()
             if (k_h, k_w) != (p_h, p_w):
                 weight = F.interpolate(weight, size=(k_h, k_w), mode='bilinear', align_corners=False)
                 weight = weight * (p_h * p_w) / (k_h * k_w)
-            tube.weight.copy_((weight[:, :, None] / k_t).expand(-1, -1, k_t, -1, -1))
-            if patch_bias is not None:
-                tube.bias.copy_(patch_bias)
-            else:
-                tube.bias.zero_()
+            state[f'{index}.weight'] = (weight[:, :, None] / k_t).expand(-1, -1, k_t, -1, -1).clone()
+            bias = torch.zeros(weight.shape[0]) if patch_bias is None else patch_bias.detach().float()
+            state[f'{index}.bias'] = bias.clone()
+        return state
 
-    def inflated_state(self, patch_weight: Tensor, patch_bias: Tensor | None) -> dict[str, Tensor]:
-        """The tube parameters :meth:`inflate_patch_kernel` would set, as a state dict (for checkpoints)."""
-        saved = {k: v.detach().clone() for k, v in self.tubes.state_dict().items()}
-        self.inflate_patch_kernel(patch_weight, patch_bias)
-        out = {k: v.detach().clone() for k, v in self.tubes.state_dict().items()}
-        self.tubes.load_state_dict(saved)
-        return out
+    def inflate_patch_kernel(self, patch_weight: Tensor, patch_bias: Tensor | None) -> None:
+        """Initialise every tube from a 2D patch embedding (see :meth:`inflated_state`)."""
+        self.tubes.load_state_dict(self.inflated_state(patch_weight, patch_bias))
 
     # ------------------------------------------------------------------ forward
-    def fixed_pos_embed(self, clip_thw: Sequence[int], device: torch.device | None = None) -> Tensor:
-        """Fixed 3D sine-cosine embeddings (N, D) at the token centres."""
-        return sincos_3d(self.centres(clip_thw, device), self.embed_dim, self.temperature)
-
     def forward(self, clips: Tensor, vit: nn.Module) -> Tensor:
         """Embed ``clips`` (B, C, T, H, W) for ``vit`` (a ``MaMMUTViT``) -> ``vid_tokens`` (B, N, D).
 
