@@ -296,3 +296,46 @@ def test_tokenizer_round_trip(world: tuple[str, dict]) -> None:
     assert enc.tokens == ['<bos>', 'a', 'red', 'circle', ',', 'two', 'blue', 'stars', '.', '<eos>']
     assert tok.encode('a zebra').ids[1:-1] == [tok.token_to_id('a'), 3]
     assert set(COLOURS) | set(SHAPES) <= set(tok.get_vocab())
+
+
+def _visible_turn(first: np.ndarray, last: np.ndarray, colour: str) -> int:
+    """Angle in degrees (clockwise on screen > 0, within +-44) that best maps the actor's pixels in the
+    first frame onto those in the last: the turn a viewer comparing the two frames sees."""
+
+    def pixels(frame: np.ndarray) -> np.ndarray:
+        dist = np.linalg.norm(frame.astype(np.float32) - np.array(COLOUR_RGB[colour], np.float32), axis=-1)
+        ys, xs = np.nonzero(dist < 60)
+        return np.stack([xs, ys], axis=1).astype(np.float64)
+
+    src, dst = pixels(first), pixels(last)
+    src -= src.mean(axis=0)
+    target = {tuple(p) for p in np.round(dst).astype(int)}
+    centre = dst.mean(axis=0)
+
+    def overlap(deg: int) -> float:
+        t = np.deg2rad(deg)
+        rot = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
+        moved = {tuple(p) for p in np.round(src @ rot + centre).astype(int)}
+        return len(moved & target) / len(moved | target)
+
+    return max(range(-44, 45, 2), key=overlap)
+
+
+def test_turns_show_their_sense_between_any_two_frames() -> None:
+    """A turn stays under half the shortest symmetry period (90 degrees), so even the first and the last
+    frame alone show the labelled sense (at 60-90 degrees a square looked turned the other way)."""
+    from toolkit.shapes_world.video import render_video_frames, sample_video
+
+    rng = np.random.default_rng(3)
+    seen = Counter()
+    while sum(seen.values()) < 12:
+        spec = sample_video(rng, size=128, frames=16)
+        if spec.action != 'turn':
+            continue
+        frames = render_video_frames(spec, size=128, frames=16)
+        turned = _visible_turn(frames[0], frames[-1], spec.colour)
+        assert abs(turned) >= 16, (spec, turned)
+        assert (turned > 0) == (spec.detail == 'clockwise'), (spec, turned)
+        assert 25 <= abs(spec.end.angle - spec.start.angle) <= 40
+        seen[spec.shape, spec.detail] += 1
+    assert {d for _, d in seen} == {'clockwise', 'counterclockwise'}

@@ -50,7 +50,8 @@ from toolkit.shapes_world.video import encode_mp4, render_video_frames, sample_v
 
 __all__ = ['SIZES', 'VERSION', 'category_weights', 'generate_shapes_world']
 
-VERSION = '1.2'  # 1.1: val/test follow the training category distribution; 1.2: 2,000 small videos
+VERSION = '1.3'  # 1.1: val/test follow the training category distribution; 1.2: 2,000 small videos;
+# 1.3: turns of 25-40 degrees (the sense visible between any two frames)
 # (train, val, test) images and the number of videos of each size.
 SIZES: dict[str, tuple[int, int, int, int]] = {
     'tiny': (48, 16, 16, 12),

@@ -3,8 +3,11 @@
 Actions (MSRVTT ``category`` = index in :data:`~toolkit.shapes_world.captions.ACTIONS`):
 
 * ``move``: translates left/right/up/down by 30-40 % of the frame side;
-* ``turn``: rotates 60-90 degrees clockwise or counterclockwise (triangle, square or cross only, whose
-  symmetry period, 120 or 90 degrees, keeps the sense visible even when a quarter of the frames is kept);
+* ``turn``: rotates 25-40 degrees clockwise or counterclockwise (triangle, square or cross only). The
+  angle stays under half the shortest symmetry period (90 degrees: square, cross), so any two frames,
+  the first and the last included, show the true sense. Up to 1.2 turned 60-90 degrees: a square turned
+  75 degrees one way ended as if turned 15 degrees the other way, and a model trained on it answered
+  turn questions at chance;
 * ``grow`` / ``shrink``: the radius scales between 0.5x and 1x;
 * ``change``: the colour switches to another one between the first and the last third of the clip.
 
@@ -82,7 +85,7 @@ def sample_video(rng: np.random.Generator, *, size: int, frames: int) -> VideoSp
         dx, dy = {'left': (-dist, 0.0), 'right': (dist, 0.0), 'up': (0.0, -dist), 'down': (0.0, dist)}[detail]
     elif action == 'turn':
         detail = ('clockwise', 'counterclockwise')[int(rng.integers(2))]
-        a1 = angle + float(rng.uniform(60, 90)) * (1 if detail == 'clockwise' else -1)
+        a1 = angle + float(rng.uniform(25, 40)) * (1 if detail == 'clockwise' else -1)
     elif action in ('grow', 'shrink'):
         big = float(rng.uniform(0.17, 0.2)) * size
         r0, r1 = (0.5 * big, big) if action == 'grow' else (big, 0.5 * big)
