@@ -69,6 +69,7 @@ MODELS = ToolkitRegistry(
         'pretrain.models.mammut',
         'video.models.tube_tokenizer',
         'video.models.data_preprocessor',
+        'detection.models.fiber_backbone',
     ],
 )
 DATASETS = ToolkitRegistry(

@@ -2,7 +2,7 @@
 # <shape> move/turn?": left, right, up, down, clockwise, counterclockwise). In the multi-task config they are
 # 1 question in 12 and about 1 answer token in 400 of a batch: their direction signal is drowned (test
 # accuracy at chance). On their own they are learnt; the frames-only ablation shows what the tubes add.
-_base_ = ['./mammut_tubevit-tiny-dec4_1xb32-24e_shapes-vid.py']
+_base_ = ['./mammut_tubevit-tiny-dec4_1xb32-40e_shapes-vid.py']
 max_epochs = 30  # 761 training questions / 32 = 24 iterations an epoch -> 720 iterations
 data_root = 'data/shapes_world_small/'
 motion = r'^which way does'  # the MSRVTT-QA style motion questions
@@ -38,7 +38,12 @@ test_dataloader = dict(
         _delete_=True, ann_file='msrvtt/test_qa.json', pipeline=test_pipeline, test_mode=True, **qa_dataset
     )
 )
-val_evaluator = [dict(type='VideoQAMetric')]
+val_evaluator = [
+    dict(
+        type='VideoQAMetric',
+        groups=dict(move=r'^which way does .* move\?$', turn=r'^which way does .* turn\?$'),
+    )
+]
 test_evaluator = val_evaluator
 param_scheduler = [  # a list replaces the base schedule whole
     dict(type='LinearLR', start_factor=1e-2, by_epoch=False, begin=0, end=50),

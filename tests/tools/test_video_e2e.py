@@ -15,7 +15,7 @@ import torch
 from toolkit.checkpoint import safe_load
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = 'configs/mammut/mammut_tubevit-tiny-dec4_1xb32-24e_shapes-vid.py'
+CONFIG = 'configs/mammut/mammut_tubevit-tiny-dec4_1xb32-40e_shapes-vid.py'
 JOINT = 'configs/mammut/mammut_tubevit-b16-dec12_32xb16-10e_coco-msrvtt-cap.py'
 SMALL = [
     'train_dataloader.batch_size=4',

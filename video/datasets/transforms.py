@@ -250,7 +250,10 @@ def _decode_decord(path: str, inds: np.ndarray, num_threads: int) -> np.ndarray:
         total = len(reader)
         if int(inds.max()) >= total:
             raise VideoDecodeError(f'{path}: frame index {int(inds.max())} beyond the clip ({total} frames)')
-        return reader.get_batch(inds.tolist()).asnumpy()
+        batch = reader.get_batch(inds.tolist())
+        # Zero-copy: a numpy view of decord's own buffer through DLPack (``asnumpy()`` copies the clip;
+        # the copy was ~2 % of a 224 px clip's decode time). The view keeps the buffer alive.
+        return torch.utils.dlpack.from_dlpack(batch.to_dlpack()).numpy()
     finally:
         del reader
 

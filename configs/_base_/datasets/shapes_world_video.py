@@ -74,6 +74,12 @@ val_evaluator = [
     dict(type='RetrievalMetric'),
     dict(type='CaptionMetric'),
     # Motion questions ask for a direction or a sense of rotation: only the clip's time order answers them.
-    dict(type='VideoQAMetric', groups=dict(motion=r'^which way does')),
+    dict(
+        type='VideoQAMetric',
+        # motion: direction questions; move: translations (left/right/up/down); turn: rotation sense
+        groups=dict(
+            motion=r'^which way does', move=r'^which way does .* move\?$', turn=r'^which way does .* turn\?$'
+        ),
+    ),
 ]
 test_evaluator = val_evaluator

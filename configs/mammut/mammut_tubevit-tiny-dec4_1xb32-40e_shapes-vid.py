@@ -6,7 +6,7 @@ _base_ = [
     '../_base_/schedules/adamw_cosine_20e.py',
     '../_base_/default_runtime.py',
 ]
-max_epochs = 24  # 1,400 train clips / 32 = 44 iterations an epoch -> 1,056 iterations
+max_epochs = 40  # 1,400 train clips / 32 = 44 iterations an epoch -> 1,760 iterations
 model = dict(
     image_encoder=dict(
         img_size=64,  # the 64 x 64 frames
@@ -57,6 +57,6 @@ param_scheduler = [  # a list replaces the base schedule whole
         convert_to_iter_based=True,
     ),
 ]
-train_cfg = dict(max_epochs=max_epochs, val_interval=12)
+train_cfg = dict(max_epochs=max_epochs, val_interval=10)
 auto_scale_lr = dict(base_batch_size=32)
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=max_epochs))

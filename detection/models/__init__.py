@@ -1,0 +1,1 @@
+"""Detection models: FIBER fusion backbones, detectors, heads and losses."""
