@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from mmdet.structures import DetDataSample
 from mmengine.config import Config
-from mmengine.structures import BaseDataElement
+from mmengine.structures import BaseDataElement, InstanceData
 
 from toolkit.registry import MODELS
 
@@ -15,6 +16,11 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (REPO / 'configs').rglob('*.py') if '_base_' not in p.parts)
 # Paper-scale encoders/decoders are shrunk to this width/depth; patch sizes and layer patterns are kept.
 REDUCED = dict(width=64, depth=2, heads=2)
+# Detectors keep their neck/head layout; the fusion backbone and tokenizer become the Shapes World tiny ones
+# (no local RoBERTa folder needed), the head narrows to 32 channels.
+TINY_DETECTOR = REPO / 'configs/fiber/fiber_swin-tiny-roberta-tiny_fpn-dyhead_1xb16-12e_shapes-ov.py'
+# FIBER pretraining models likewise get the Shapes World tiny fusion backbone and tokenizer.
+TINY_FIBER = REPO / 'configs/fiber/fiber_swin-tiny-roberta-tiny_1xb32-30e_shapes-pretrain.py'
 
 
 def _reduce(model_cfg: dict) -> dict:
@@ -33,6 +39,50 @@ def test_configs_found() -> None:
     assert len(CONFIGS) >= 4
 
 
+def _detector_step(model_cfg: dict) -> None:
+    tiny = Config.fromfile(str(TINY_DETECTOR)).model
+    model_cfg.update(backbone=tiny.backbone.to_dict(), tokenizer=tiny.tokenizer.to_dict())
+    model_cfg['neck'].update(in_channels=tiny.neck.in_channels, out_channels=32)
+    model_cfg['bbox_head'].update(
+        in_channels=32, feat_channels=32, lang_dim=tiny.bbox_head.lang_dim, num_dyhead_blocks=1, with_cp=False
+    )
+    model = MODELS.build(model_cfg)
+    images = [torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8) for _ in range(2)]
+    samples = [
+        DetDataSample(metainfo=dict(text=('red circle', 'blue square', 'green star'), img_shape=(64, 64)))
+        for _ in range(2)
+    ]
+    for sample, label in zip(samples, (0, 2), strict=True):
+        sample.gt_instances = InstanceData(
+            bboxes=torch.tensor([[8.0, 10.0, 40.0, 44.0]]), labels=torch.tensor([label])
+        )
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    data = model.data_preprocessor(dict(inputs=images, data_samples=samples), training=True)
+    losses = model(**data, mode='loss')
+    total = sum(v for k, v in losses.items() if 'loss' in k)
+    assert torch.isfinite(total) and losses['loss_bbox'] > 0
+    total.backward()
+    optim.step()
+
+
+def _fiber_pretrain_step(model_cfg: dict) -> None:
+    tiny = Config.fromfile(str(TINY_FIBER)).model
+    model_cfg.update(backbone=tiny.backbone.to_dict(), tokenizer=tiny.tokenizer.to_dict())
+    model = MODELS.build(model_cfg)
+    images = [torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8) for _ in range(2)]
+    samples = [
+        BaseDataElement(text='a red circle above a blue square', img_id=0),
+        BaseDataElement(text='two green stars', img_id=1),
+    ]
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    data = model.data_preprocessor(dict(inputs=images, data_samples=samples), training=True)
+    losses = model(**data, mode='loss')
+    total = sum(v for k, v in losses.items() if 'loss' in k)
+    assert torch.isfinite(total)
+    total.backward()
+    optim.step()
+
+
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.name)
 def test_config_builds_and_trains_one_step(path: Path) -> None:
     cfg = Config.fromfile(str(path))
@@ -42,6 +92,12 @@ def test_config_builds_and_trains_one_step(path: Path) -> None:
         for part in dataset.get('datasets', [dataset]):  # a ConcatDataset: each part has its own root
             assert 'data_root' in part
     torch.manual_seed(0)
+    if 'bbox_head' in cfg.model:  # a detector (FIBER)
+        _detector_step(cfg.model.to_dict())
+        return
+    if cfg.model.type == 'FIBER':  # FIBER coarse pretraining / captioning
+        _fiber_pretrain_step(cfg.model.to_dict())
+        return
     model = MODELS.build(_reduce(cfg.model.to_dict()))
     size = model.image_encoder.img_size if hasattr(model.image_encoder, 'img_size') else 32
     size = size[0] if isinstance(size, (tuple, list)) else size

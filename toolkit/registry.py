@@ -67,22 +67,26 @@ MODELS = ToolkitRegistry(
         'pretrain.models.text_decoder',
         'pretrain.models.losses',
         'pretrain.models.mammut',
+        'pretrain.models.fiber',
+        'pretrain.models.fiber_losses',
         'video.models.tube_tokenizer',
         'video.models.data_preprocessor',
         'detection.models.fiber_backbone',
+        'detection.models.grounding_head',
+        'detection.models.fiber_detector',
     ],
 )
 DATASETS = ToolkitRegistry(
     'dataset',
     parent=MMDET_DATASETS,
     scope='toolkit',
-    locations=['pretrain.datasets.image_text', 'video.datasets.msrvtt'],
+    locations=['pretrain.datasets.image_text', 'video.datasets.msrvtt', 'detection.datasets.ov_detection'],
 )
 TRANSFORMS = ToolkitRegistry(
     'transform',
     parent=MMDET_TRANSFORMS,
     scope='toolkit',
-    locations=['pretrain.datasets.transforms', 'video.datasets.transforms'],
+    locations=['pretrain.datasets.transforms', 'video.datasets.transforms', 'detection.datasets.transforms'],
 )
 DATA_SAMPLERS = ToolkitRegistry(
     'data sampler', parent=MMDET_DATA_SAMPLERS, scope='toolkit', locations=['toolkit.samplers']
@@ -91,7 +95,12 @@ METRICS = ToolkitRegistry(
     'metric',
     parent=MMDET_METRICS,
     scope='toolkit',
-    locations=['pretrain.evaluation.retrieval', 'pretrain.evaluation.caption', 'video.evaluation.vqa'],
+    locations=[
+        'pretrain.evaluation.retrieval',
+        'pretrain.evaluation.caption',
+        'video.evaluation.vqa',
+        'detection.evaluation.ov_metric',
+    ],
 )
 HOOKS = ToolkitRegistry('hook', parent=MMDET_HOOKS, scope='toolkit', locations=['toolkit.hooks'])
 OPTIM_WRAPPERS = ToolkitRegistry(

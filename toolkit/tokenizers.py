@@ -384,5 +384,22 @@ class HFTokenizer(TextTokenizer):
             text = text.lower()
         return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """The ids of :meth:`encode` and each token's character span ``[start, end)`` in ``text``.
+
+        Spans come from the ``tokenizers`` alignment (so they survive the file's normalizer); with
+        ``lowercase`` they are mapped back through the per-character length of the lower-cased text. A span
+        may include a leading space that the tokenizer folded into the token (byte-level BPE).
+        """
+        source = text.lower() if self._lowercase else text
+        encoding = self._tokenizer.encode(source, add_special_tokens=False)
+        spans = [(int(start), int(end)) for start, end in encoding.offsets]
+        if len(source) != len(text):  # lower-casing changed lengths (e.g. 'İ'): map positions back
+            origin = [i for i, char in enumerate(text) for _ in range(len(char.lower()))] + [len(text)]
+            spans = [
+                (origin[start], origin[end - 1] + 1 if end > start else origin[start]) for start, end in spans
+            ]
+        return list(encoding.ids), spans
+
     def _decode_tokens(self, ids: list[int]) -> str:
         return str(self._tokenizer.decode(ids, skip_special_tokens=False)).strip()

@@ -13,24 +13,41 @@ pessimistically (a wrong item scoring the same as the best correct one ranks bef
 result independent of the order of the samples and gives a collapsed model (all similarities equal) zero
 recall instead of a lucky one. The metric works the same for videos: an "image" is any sample with one
 embedding and K caption embeddings.
+
+Re-ranking (ALBEF / FIBER retrieval evaluation): with ``rerank_k=k`` the k most similar captions of every
+image and the k most similar images of every caption are re-ordered by a finer pair score (an image-text
+matching head), each pair scored once; everything outside the top-k keeps its dual-encoder order below them.
+Both rankings are reported, the re-ranked one under ``itm_`` keys.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from mmengine.evaluator import BaseMetric
 
-from toolkit.evaluation import get_sample_field
+from toolkit.evaluation import get_sample_field, has_sample_field
 from toolkit.registry import METRICS
 
-__all__ = ['RetrievalMetric', 'get_sample_field', 'retrieval_metrics', 'retrieval_ranks']
+__all__ = [
+    'RetrievalMetric',
+    'get_sample_field',
+    'rerank_topk',
+    'reranked_retrieval_metrics',
+    'retrieval_metrics',
+    'retrieval_ranks',
+]
+
+# ``pair_scores(img_index (P,), txt_index (P,)) -> scores (P,)``: a finer score of P image-caption pairs.
+PairScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # Similarity entries processed per block when ranking, to bound memory on 5k x 25k matrices.
 _BLOCK_ELEMENTS = 1 << 24
+# Image-caption pairs handed to a re-ranking scorer at once (each pair copies its image).
+_PAIR_CHUNK = 256
 
 
 def retrieval_ranks(sim: torch.Tensor, txt_to_img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,7 +122,12 @@ def retrieval_metrics(
         raise ValueError(f'ks must be positive integers, got {ks}')
     if sim.shape[0] == 0:
         raise ValueError('cannot compute retrieval metrics without images')
-    ranks_i2t, ranks_t2i = retrieval_ranks(sim, txt_to_img)
+    return _metrics_from_ranks(*retrieval_ranks(sim, txt_to_img), ks)
+
+
+def _metrics_from_ranks(
+    ranks_i2t: torch.Tensor, ranks_t2i: torch.Tensor, ks: Sequence[int]
+) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for direction, ranks in (('i2t', ranks_i2t), ('t2i', ranks_t2i)):
         for k in ks:
@@ -118,6 +140,69 @@ def retrieval_metrics(
     return metrics
 
 
+def _lift_topk(sim: torch.Tensor, top: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """``sim`` (N, M) with each row's columns ``top`` (N, k) moved above all others, in the order of
+    ``scores`` (N, k): they get ``max(sim) + 1 + (how many of the row's k candidates score lower)``, so equal
+    scores tie."""
+    if not torch.isfinite(scores).all():
+        raise ValueError('re-ranking scores hold NaN or infinite values')
+    scores = scores.float()
+    beaten = (scores[:, :, None] > scores[:, None, :]).sum(dim=2).float()  # (N, k)
+    lifted = sim.float().clone()
+    return lifted.scatter_(1, top, float(sim.max()) + 1.0 + beaten)
+
+
+def rerank_topk(sim: torch.Tensor, k: int, pair_scores: PairScorer) -> torch.Tensor:
+    """Re-rank every row's k most similar columns by a finer score.
+
+    Args:
+        sim: similarities (N, M), e.g. images (rows) against captions.
+        k: candidates per row (at most M are taken).
+        pair_scores: ``pair_scores(rows (P,), cols (P,)) -> (P,)`` finer scores of those pairs.
+
+    Returns:
+        (N, M) scores whose descending order in every row is: the top-k columns by ``pair_scores`` (equal
+        scores tie), then the other columns by ``sim`` (their values unchanged).
+    """
+    if k < 1:
+        raise ValueError(f'k must be >= 1, got {k}')
+    num_rows, num_cols = sim.shape
+    top = sim.topk(min(int(k), num_cols), dim=1).indices  # (N, k)
+    rows = torch.arange(num_rows, device=sim.device).repeat_interleave(top.shape[1])
+    scores = torch.as_tensor(pair_scores(rows, top.flatten())).to(sim.device).reshape(top.shape)
+    return _lift_topk(sim, top, scores)
+
+
+def reranked_retrieval_metrics(
+    sim: torch.Tensor,
+    txt_to_img: torch.Tensor,
+    k: int,
+    pair_scores: PairScorer,
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, float]:
+    """:func:`retrieval_metrics` after re-ranking the top-k captions of every image and the top-k images of
+    every caption by ``pair_scores(img_index (P,), txt_index (P,)) -> (P,)`` (each distinct pair scored
+    once)."""
+    if k < 1:
+        raise ValueError(f'k must be >= 1, got {k}')
+    num_img, num_txt = sim.shape
+    top_i2t = sim.topk(min(int(k), num_txt), dim=1).indices  # (N, k) captions per image
+    top_t2i = sim.t().topk(min(int(k), num_img), dim=1).indices  # (M, k) images per caption
+    img_index = torch.arange(num_img, device=sim.device)[:, None]
+    txt_index = torch.arange(num_txt, device=sim.device)[:, None]
+    pairs = torch.cat([(img_index * num_txt + top_i2t).flatten(), (top_t2i * num_txt + txt_index).flatten()])
+    unique, inverse = torch.unique(pairs, return_inverse=True)
+    scores = torch.as_tensor(pair_scores(unique // num_txt, unique % num_txt)).to(sim.device).float()
+    if scores.shape != unique.shape:
+        raise ValueError(f'pair_scores returned {tuple(scores.shape)} scores for {len(unique)} pairs')
+    scores = scores[inverse]
+    sim_i2t = _lift_topk(sim, top_i2t, scores[: top_i2t.numel()].reshape(top_i2t.shape))
+    sim_t2i = _lift_topk(sim.t(), top_t2i, scores[top_i2t.numel() :].reshape(top_t2i.shape)).t()
+    ranks_i2t, _ = retrieval_ranks(sim_i2t, txt_to_img)
+    _, ranks_t2i = retrieval_ranks(sim_t2i, txt_to_img)
+    return _metrics_from_ranks(ranks_i2t, ranks_t2i, ks)
+
+
 @METRICS.register_module()
 class RetrievalMetric(BaseMetric):
     """Image-text (or video-text) retrieval evaluation, see :func:`retrieval_metrics`.
@@ -127,21 +212,37 @@ class RetrievalMetric(BaseMetric):
     similarity (they are used as given). Samples repeated by a distributed sampler (same ``img_id``) count
     once.
 
+    With ``rerank_k > 0`` each sample must also carry ``itm_inputs`` (``dict(image=(C, H, W) model input,
+    txt_ids=[one id tensor per caption]``) and ``itm_scorer`` (``scorer(images (P, C, H, W), txt_ids: list of
+    P id tensors) -> (P,)``, e.g. ``FIBER.itm_scores``); the scorer is kept for this evaluation only, never in
+    the collected results, and runs where ``compute_metrics`` runs (the main process). The re-ranked metrics
+    are added as ``itm_i2t_R@1``... (see :func:`reranked_retrieval_metrics`).
+
     Args:
         prefix: prefix of the reported keys (``retrieval/i2t_R@1``...).
         ks: the K of Recall@K.
+        rerank_k: candidates re-ranked per query by the pair scorer; 0 = no re-ranking.
         collect_device: ``'cpu'`` or ``'gpu'``, where ranks gather results (see mmengine ``BaseMetric``).
     """
 
     default_prefix = 'retrieval'
 
     def __init__(
-        self, *, prefix: str = 'retrieval', ks: Sequence[int] = (1, 5, 10), collect_device: str = 'cpu'
+        self,
+        *,
+        prefix: str = 'retrieval',
+        ks: Sequence[int] = (1, 5, 10),
+        rerank_k: int = 0,
+        collect_device: str = 'cpu',
     ) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
         if not ks or any(int(k) < 1 for k in ks):
             raise ValueError(f'ks must be positive integers, got {ks}')
+        if rerank_k < 0:
+            raise ValueError(f'rerank_k must be >= 0, got {rerank_k}')
         self.ks = tuple(int(k) for k in ks)
+        self.rerank_k = int(rerank_k)
+        self._scorer: Callable[..., torch.Tensor] | None = None
 
     def process(self, data_batch: Any, data_samples: Sequence[Any]) -> None:
         for sample in data_samples:
@@ -153,7 +254,23 @@ class RetrievalMetric(BaseMetric):
                 shapes = f'{tuple(img_emb.shape)}, {tuple(txt_emb.shape)}'
                 raise ValueError(f'expected img_emb (D,) and txt_emb (K, D), got {shapes}')
             img_id = int(get_sample_field(sample, 'img_id'))
-            self.results.append({'img_id': img_id, 'img_emb': img_emb, 'txt_emb': txt_emb})
+            result = {'img_id': img_id, 'img_emb': img_emb, 'txt_emb': txt_emb}
+            if self.rerank_k:
+                result.update(self._rerank_inputs(sample, len(txt_emb)))
+            self.results.append(result)
+
+    def _rerank_inputs(self, sample: Any, num_captions: int) -> dict[str, Any]:
+        if not has_sample_field(sample, 'itm_inputs') or not has_sample_field(sample, 'itm_scorer'):
+            raise KeyError(
+                f'RetrievalMetric(rerank_k={self.rerank_k}) needs samples with itm_inputs and itm_scorer '
+                '(a model with an image-text matching head, e.g. FIBER with itm_loss); set rerank_k=0'
+            )
+        inputs = get_sample_field(sample, 'itm_inputs')
+        txt_ids = [torch.as_tensor(ids).detach().cpu() for ids in inputs['txt_ids']]
+        if len(txt_ids) != num_captions:
+            raise ValueError(f'itm_inputs has {len(txt_ids)} captions but txt_emb has {num_captions}')
+        self._scorer = get_sample_field(sample, 'itm_scorer')
+        return {'itm_image': torch.as_tensor(inputs['image']).detach().cpu(), 'itm_txt_ids': txt_ids}
 
     def compute_metrics(self, results: list[dict[str, Any]]) -> dict[str, float]:
         unique: dict[int, dict[str, Any]] = {}
@@ -168,4 +285,32 @@ class RetrievalMetric(BaseMetric):
             [torch.full((len(s['txt_emb']),), index, dtype=torch.long) for index, s in enumerate(samples)]
         )  # (M,)
         sim = img_emb @ txt_emb.T  # (N, M)
-        return retrieval_metrics(sim, txt_to_img, self.ks)
+        metrics = retrieval_metrics(sim, txt_to_img, self.ks)
+        if self.rerank_k:
+            metrics.update(self._reranked(samples, sim, txt_to_img))
+        return metrics
+
+    def evaluate(self, size: int) -> dict:
+        try:
+            return super().evaluate(size)
+        finally:
+            self._scorer = None  # every process drops its reference to the model's scorer
+
+    def _reranked(self, samples: list[dict[str, Any]], sim: torch.Tensor, txt_to_img: torch.Tensor) -> dict:
+        scorer, self._scorer = self._scorer, None  # held for this evaluation only
+        if scorer is None:
+            raise RuntimeError('RetrievalMetric: no itm_scorer was received on this process')
+        images = torch.stack([s['itm_image'] for s in samples])  # (N, C, H, W)
+        texts = [ids for s in samples for ids in s['itm_txt_ids']]  # M id tensors
+
+        def pair_scores(img_index: torch.Tensor, txt_index: torch.Tensor) -> torch.Tensor:
+            img_index, txt_index = img_index.cpu(), txt_index.cpu()
+            chunks = []
+            for start in range(0, len(img_index), _PAIR_CHUNK):  # bounded memory: each pair copies its image
+                rows = slice(start, start + _PAIR_CHUNK)
+                chunk_texts = [texts[int(j)] for j in txt_index[rows]]
+                chunks.append(torch.as_tensor(scorer(images[img_index[rows]], chunk_texts)).float().cpu())
+            return torch.cat(chunks) if chunks else torch.zeros(0)
+
+        reranked = reranked_retrieval_metrics(sim, txt_to_img, self.rerank_k, pair_scores, self.ks)
+        return {f'itm_{key}': value for key, value in reranked.items()}

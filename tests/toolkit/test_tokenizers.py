@@ -182,3 +182,17 @@ def test_hf_tokenizer_pickles(wordpiece_path: str) -> None:
     texts = ['a red circle', 'square']
     assert torch.equal(restored(texts), tokenizer(texts))
     assert restored.context_length == 6
+
+
+def test_hf_encode_with_offsets_spans_the_input(wordpiece_path: str, word_level_path: str) -> None:
+    tokenizer = HFTokenizer(path=wordpiece_path)
+    text = 'A red Circle.'
+    ids, spans = tokenizer.encode_with_offsets(text)
+    assert ids == tokenizer.encode(text)
+    assert [text[a:b] for a, b in spans] == ['A', 'red', 'Cir', 'cle', '.']  # sub-words split the word
+    # Lower-casing that changes lengths ('İ' becomes two characters) maps the spans back onto the input.
+    words = HFTokenizer(path=word_level_path, lowercase=True)
+    text = 'İ red  Circle'
+    ids, spans = words.encode_with_offsets(text)
+    assert ids == words.encode(text) == [3, 5, 7]
+    assert [text[a:b] for a, b in spans] == ['İ', 'red', 'Circle']

@@ -1,0 +1,191 @@
+"""COCO and LVIS detection data with a prompt vocabulary per image and an open-vocabulary category split.
+
+Open-vocabulary detection trains on base categories and tests on base and novel ones: OV-COCO (Zareian et
+al., OVR-CNN, CVPR 2021, Sec. 4.1: 48 base / 17 novel COCO categories, novel boxes removed from training) and
+OV-LVIS (Gu et al., ViLD, ICLR 2022: frequent + common base, rare novel). FIBER (Dou et al., NeurIPS 2022,
+Sec. 4.2) and GLIP feed the category names as the text prompt; mmdet's GLIP data sets put them in ``text``
+with ``custom_entities=True`` (``return_classes``).
+
+Both classes extend mmdet's (``CocoDataset`` / ``LVISV1Dataset``):
+
+* the category list (``metainfo['classes']``, in category-id order) is read from the annotation file, so one
+  class serves COCO, LVIS and Shapes World files; ``metainfo=dict(classes=...)`` still restricts it;
+* ``ov_split`` (a JSON file relative to ``data_root``, or a dict, with ``base`` and ``novel`` name lists) and
+  ``vocabulary`` (``'all'``, ``'base'``, ``'novel'`` or ``'base+novel'``) pick the categories: annotations of
+  other categories are dropped (their images kept, as in the OV-COCO training file) and only the vocabulary
+  is named in the prompt, so a ``'base'`` training set never shows a novel name;
+* each sample gets ``text`` (the vocabulary) and ``custom_entities=True`` when it is fetched, not in the
+  stored records (LVIS's 1,203 names would otherwise be serialised once per image);
+* ``metainfo`` carries ``base_classes`` / ``novel_classes`` for
+  :class:`~detection.evaluation.ov_metric.OpenVocabCocoMetric`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os.path as osp
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from mmdet.datasets import CocoDataset, LVISV1Dataset
+from mmengine.fileio import get_local_path
+
+from toolkit.registry import DATASETS
+
+__all__ = ['VOCABULARIES', 'OVCocoDataset', 'OVLVISDataset', 'read_ov_split']
+
+VOCABULARIES = ('all', 'base', 'novel', 'base+novel')
+_LVIS_URL = 'http://images.cocodataset.org/'
+
+
+def read_ov_split(
+    ov_split: str | Mapping[str, Any] | None, data_root: str | None = None
+) -> dict[str, tuple[str, ...]] | None:
+    """``{'base': names, 'novel': names}`` from a JSON file (relative to ``data_root``) or a mapping."""
+    if ov_split is None:
+        return None
+    where = 'ov_split'
+    if isinstance(ov_split, str):
+        path = ov_split if osp.isabs(ov_split) or not data_root else osp.join(data_root, ov_split)
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'ov_split file not found: {path}')
+        with open(path) as f:
+            ov_split = json.load(f)
+        where = path
+    if not isinstance(ov_split, Mapping) or not all(
+        isinstance(ov_split.get(k), list | tuple) for k in ('base', 'novel')
+    ):
+        raise ValueError(
+            f'{where}: an open-vocabulary split needs "base" and "novel" lists of category names'
+        )
+    base, novel = tuple(ov_split['base']), tuple(ov_split['novel'])
+    if set(base) & set(novel):
+        raise ValueError(f'{where}: categories both base and novel: {sorted(set(base) & set(novel))}')
+    return {'base': base, 'novel': novel}
+
+
+class _OVVocabulary:
+    """What both data sets share (a mixin before the mmdet class): the arguments, vocabulary selection,
+    record loading through a COCO/LVIS api and ``text`` on fetch.
+
+    Args:
+        ov_split: ``None``, a JSON file (relative to ``data_root``) or a dict with ``base``/``novel`` names.
+        vocabulary: ``'all'`` categories of the file, ``'base'``, ``'novel'`` or ``'base+novel'``.
+        return_classes: add ``text`` (the vocabulary) and ``custom_entities`` to every sample.
+        **kwargs: the mmdet data set's arguments (``data_root``, ``ann_file``, ``data_prefix``, ...).
+    """
+
+    ann_file: str
+    data_root: str
+    _metainfo: dict[str, Any]
+    ANN_ID_UNIQUE: bool
+    parse_data_info: Callable[[dict[str, Any]], Any]
+
+    def __init__(
+        self,
+        *,
+        ov_split: str | Mapping[str, Any] | None = None,
+        vocabulary: str = 'all',
+        return_classes: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if vocabulary not in VOCABULARIES:
+            raise ValueError(f'vocabulary must be one of {VOCABULARIES}, got {vocabulary!r}')
+        if vocabulary != 'all' and ov_split is None:
+            raise ValueError(f'vocabulary={vocabulary!r} needs an ov_split (base/novel names)')
+        self._ov_split_arg = ov_split
+        self._vocabulary_kind = vocabulary
+        self._with_text = return_classes
+        self._given_classes = tuple((kwargs.get('metainfo') or {}).get('classes') or ())
+        super().__init__(return_classes=False, **kwargs)  # type: ignore[call-arg]  # the mmdet data set
+
+    def _select(self, categories: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The vocabulary's categories, in id order, after checking the split against the file."""
+        split = read_ov_split(self._ov_split_arg, self.data_root)
+        by_name = {c['name']: c for c in categories}
+        wanted: set[str] | None = None
+        if split is not None:
+            missing = sorted(set(split['base'] + split['novel']) - set(by_name))
+            if missing:
+                raise ValueError(f'{self.ann_file}: ov_split names not among its categories: {missing[:10]}')
+            kind = self._vocabulary_kind
+            if kind != 'all':
+                wanted = set(
+                    split['base']
+                    if kind == 'base'
+                    else split['novel']
+                    if kind == 'novel'
+                    else split['base'] + split['novel']
+                )
+            self._metainfo['base_classes'] = split['base']
+            self._metainfo['novel_classes'] = split['novel']
+        if self._given_classes:
+            unknown = sorted(set(self._given_classes) - set(by_name))
+            if unknown:
+                raise ValueError(
+                    f'{self.ann_file}: metainfo classes not among its categories: {unknown[:10]}'
+                )
+            wanted = set(self._given_classes) if wanted is None else wanted & set(self._given_classes)
+        chosen = sorted(
+            (c for c in categories if wanted is None or c['name'] in wanted), key=lambda c: c['id']
+        )
+        if not chosen:
+            raise ValueError(f'{self.ann_file}: the vocabulary {self._vocabulary_kind!r} selects no category')
+        return chosen
+
+    def _load_records(self, api: Any, file_name: Callable[[dict[str, Any]], str]) -> list[dict[str, Any]]:
+        chosen = self._select(list(api.load_cats(api.get_cat_ids())))
+        self._metainfo['classes'] = tuple(c['name'] for c in chosen)
+        self.cat_ids = [c['id'] for c in chosen]
+        self.cat2label = {cat_id: label for label, cat_id in enumerate(self.cat_ids)}
+        self.cat_img_map = copy.deepcopy(api.cat_img_map)
+        records, ann_ids = [], []
+        for img_id in api.get_img_ids():
+            raw_img_info = dict(api.load_imgs([img_id])[0])
+            raw_img_info['img_id'] = img_id
+            raw_img_info['file_name'] = file_name(raw_img_info)
+            ids = api.get_ann_ids(img_ids=[img_id])
+            ann_ids.extend(ids)
+            records.append(
+                self.parse_data_info({'raw_ann_info': api.load_anns(ids), 'raw_img_info': raw_img_info})
+            )
+        if self.ANN_ID_UNIQUE and len(set(ann_ids)) != len(ann_ids):
+            raise ValueError(f'{self.ann_file}: annotation ids are not unique')
+        return records
+
+    def get_data_info(self, idx: int) -> dict[str, Any]:
+        data_info: dict[str, Any] = super().get_data_info(idx)  # type: ignore[misc]
+        if self._with_text:
+            data_info['text'] = self._metainfo['classes']
+            data_info['custom_entities'] = True
+        return data_info
+
+
+@DATASETS.register_module()
+class OVCocoDataset(_OVVocabulary, CocoDataset):
+    """COCO-format detection with a prompt vocabulary (see the module docstring).
+
+    Args: ``ov_split``, ``vocabulary``, ``return_classes`` (see ``_OVVocabulary``) and ``CocoDataset``'s.
+    """
+
+    def load_data_list(self) -> list[dict[str, Any]]:
+        with get_local_path(self.ann_file, backend_args=self.backend_args) as local_path:
+            coco = self.COCOAPI(local_path)
+        return self._load_records(coco, lambda info: info['file_name'])
+
+
+@DATASETS.register_module()
+class OVLVISDataset(_OVVocabulary, LVISV1Dataset):
+    """LVIS v1 detection with a prompt vocabulary (see the module docstring); images come from ``coco_url``
+    (``<split>/<file>`` under ``data_prefix['img']``), as mmdet's ``LVISV1Dataset``.
+
+    Args: ``ov_split``, ``vocabulary``, ``return_classes`` (see ``_OVVocabulary``) and ``LVISV1Dataset``'s.
+    """
+
+    def load_data_list(self) -> list[dict[str, Any]]:
+        from lvis import LVIS
+
+        with get_local_path(self.ann_file, backend_args=self.backend_args) as local_path:
+            lvis = LVIS(local_path)
+        return self._load_records(lvis, lambda info: info['coco_url'].replace(_LVIS_URL, ''))

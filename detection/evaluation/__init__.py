@@ -1,0 +1,1 @@
+"""Detection metrics: COCO AP on the base and novel categories of an open-vocabulary split."""
