@@ -182,10 +182,10 @@ def test_distributed_gather_matches_single_process():
         results = dict(queue.get(timeout=120) for _ in procs)
     finally:
         for proc in procs:
-            proc.join(timeout=30)
+            proc.join(timeout=120)  # a loaded machine can take long to tear gloo down
             if proc.is_alive():
                 proc.kill()
-    assert all(proc.exitcode == 0 for proc in procs)
+    assert [proc.exitcode for proc in procs] == [0, 0], 'a worker failed or did not exit in time'
     img, txt = _embeddings(batch=8, seed=3)
     for name, loss_fn in (('focal', FocalContrastiveLoss(alpha=0.4)), ('infonce', InfoNCELoss())):
         img_full, txt_full = img.clone().requires_grad_(True), txt.clone().requires_grad_(True)
