@@ -155,6 +155,10 @@ class FIBER(BaseModel):
         mask_token_id: id of the mask token; ``None`` appends one after the tokenizer's vocabulary.
         head_dim: width of the ITM poolers; ``None`` = the text width (FIBER: ``hidden_size``).
         tie_lm_head: tie the LM head's output matrix to the word embeddings (default untied, as FIBER).
+        fusion_gate_init: initial value of every cross-attention gate ``alpha``; ``None`` keeps the backbone's
+            0, which reproduces pretrained uni-modal backbones exactly (FIBER). From scratch, closed gates
+            also block the cross-attention's own gradients (they scale with ``alpha``), so ITM cannot start
+            learning until the gates drift open: such configs open them (e.g. 1.0).
         temperature_init: initial ITC temperature (ALBEF / FIBER: 0.07).
         generation: ``dict(method='greedy' | 'beam', max_len=..., beam_size=..., min_len=...,
             length_penalty=...)`` for ``predict`` captions (needs ``caption_loss``); ``None`` = no captions.
@@ -176,6 +180,7 @@ class FIBER(BaseModel):
         mask_token_id: int | None = None,
         head_dim: int | None = None,
         tie_lm_head: bool = False,
+        fusion_gate_init: float | None = None,
         temperature_init: float = 0.07,
         generation: dict | None = None,
         itm_eval_batch_size: int = 64,
@@ -202,6 +207,10 @@ class FIBER(BaseModel):
 
         self.backbone = MODELS.build(self._backbone_cfg(backbone, max(tok_vocab, self.mask_token_id + 1)))
         self._check_backbone()
+        if fusion_gate_init is not None:
+            with torch.no_grad():
+                for cross_attn in [*self.backbone.image_cross_attn, *self.backbone.text_cross_attn]:
+                    cross_attn.alpha.fill_(float(fusion_gate_init))
         text_cfg = self.backbone.text.config
         txt_dim, img_dim = int(text_cfg.hidden_size), int(self.backbone.image.num_features[-1])
         self.vocab_size = int(text_cfg.vocab_size)
