@@ -18,7 +18,7 @@ CONFIGS = sorted(p for p in (REPO / 'configs').rglob('*.py') if '_base_' not in 
 REDUCED = dict(width=64, depth=2, heads=2)
 # Detectors keep their neck/head layout; the fusion backbone and tokenizer become the Shapes World tiny ones
 # (no local RoBERTa folder needed), the head narrows to 32 channels.
-TINY_DETECTOR = REPO / 'configs/fiber/fiber_swin-tiny-roberta-tiny_fpn-dyhead_1xb16-12e_shapes-ov.py'
+TINY_DETECTOR = REPO / 'configs/fiber/fiber_swin-tiny-roberta-tiny_fpn-dyhead_1xb16-24e_shapes-ov.py'
 # FIBER pretraining models likewise get the Shapes World tiny fusion backbone and tokenizer.
 TINY_FIBER = REPO / 'configs/fiber/fiber_swin-tiny-roberta-tiny_1xb32-30e_shapes-pretrain.py'
 

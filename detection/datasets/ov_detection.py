@@ -14,6 +14,10 @@ Both classes extend mmdet's (``CocoDataset`` / ``LVISV1Dataset``):
   ``vocabulary`` (``'all'``, ``'base'``, ``'novel'`` or ``'base+novel'``) pick the categories: annotations of
   other categories are dropped (their images kept, as in the OV-COCO training file) and only the vocabulary
   is named in the prompt, so a ``'base'`` training set never shows a novel name;
+* ``drop_images_outside_vocabulary=True`` removes every image that shows a category outside the vocabulary
+  instead (the zero-shot detection protocol, Bansal et al., ECCV 2018, Sec. 4): with the full training file
+  and ``vocabulary='base'`` the novel objects are then never seen as background. The removed images are
+  counted in the log;
 * each sample gets ``text`` (the vocabulary) and ``custom_entities=True`` when it is fetched, not in the
   stored records (LVIS's 1,203 names would otherwise be serialised once per image);
 * ``metainfo`` carries ``base_classes`` / ``novel_classes`` for
@@ -30,6 +34,7 @@ from typing import Any
 
 from mmdet.datasets import CocoDataset, LVISV1Dataset
 from mmengine.fileio import get_local_path
+from mmengine.logging import print_log
 
 from toolkit.registry import DATASETS
 
@@ -73,6 +78,8 @@ class _OVVocabulary:
         ov_split: ``None``, a JSON file (relative to ``data_root``) or a dict with ``base``/``novel`` names.
         vocabulary: ``'all'`` categories of the file, ``'base'``, ``'novel'`` or ``'base+novel'``.
         return_classes: add ``text`` (the vocabulary) and ``custom_entities`` to every sample.
+        drop_images_outside_vocabulary: remove the images with a box of a category outside the vocabulary
+            (default: keep them, without those boxes, as OV-COCO's training file does).
         **kwargs: the mmdet data set's arguments (``data_root``, ``ann_file``, ``data_prefix``, ...).
     """
 
@@ -88,6 +95,7 @@ class _OVVocabulary:
         ov_split: str | Mapping[str, Any] | None = None,
         vocabulary: str = 'all',
         return_classes: bool = True,
+        drop_images_outside_vocabulary: bool = False,
         **kwargs: Any,
     ) -> None:
         if vocabulary not in VOCABULARIES:
@@ -97,6 +105,7 @@ class _OVVocabulary:
         self._ov_split_arg = ov_split
         self._vocabulary_kind = vocabulary
         self._with_text = return_classes
+        self._drop_outside = bool(drop_images_outside_vocabulary)
         self._given_classes = tuple((kwargs.get('metainfo') or {}).get('classes') or ())
         super().__init__(return_classes=False, **kwargs)  # type: ignore[call-arg]  # the mmdet data set
 
@@ -140,18 +149,26 @@ class _OVVocabulary:
         self.cat_ids = [c['id'] for c in chosen]
         self.cat2label = {cat_id: label for label, cat_id in enumerate(self.cat_ids)}
         self.cat_img_map = copy.deepcopy(api.cat_img_map)
-        records, ann_ids = [], []
+        records, ann_ids, dropped = [], [], 0
         for img_id in api.get_img_ids():
             raw_img_info = dict(api.load_imgs([img_id])[0])
             raw_img_info['img_id'] = img_id
             raw_img_info['file_name'] = file_name(raw_img_info)
             ids = api.get_ann_ids(img_ids=[img_id])
+            anns = api.load_anns(ids)
+            if self._drop_outside and any(ann['category_id'] not in self.cat2label for ann in anns):
+                dropped += 1
+                continue
             ann_ids.extend(ids)
-            records.append(
-                self.parse_data_info({'raw_ann_info': api.load_anns(ids), 'raw_img_info': raw_img_info})
-            )
+            records.append(self.parse_data_info({'raw_ann_info': anns, 'raw_img_info': raw_img_info}))
         if self.ANN_ID_UNIQUE and len(set(ann_ids)) != len(ann_ids):
             raise ValueError(f'{self.ann_file}: annotation ids are not unique')
+        if dropped:
+            print_log(
+                f'{self.ann_file}: dropped {dropped} of {dropped + len(records)} images that show categories '
+                f'outside the {self._vocabulary_kind!r} vocabulary (drop_images_outside_vocabulary=True)',
+                logger='current',
+            )
         return records
 
     def get_data_info(self, idx: int) -> dict[str, Any]:

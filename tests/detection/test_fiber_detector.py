@@ -24,7 +24,7 @@ from toolkit.checkpoint import safe_load
 from toolkit.registry import DATASETS, METRICS, MODELS
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = 'configs/fiber/fiber_swin-tiny-roberta-tiny_fpn-dyhead_1xb16-12e_shapes-ov.py'
+CONFIG = 'configs/fiber/fiber_swin-tiny-roberta-tiny_fpn-dyhead_1xb16-24e_shapes-ov.py'
 NAMES = ('red circle', 'blue square', 'green star', 'white cross', 'black hexagon', 'yellow triangle')
 SIZE = 64
 

@@ -182,3 +182,25 @@ def test_ov_metric_without_detections_reports_zero(shapes_tiny: Path) -> None:
     )
     for key in ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_base', 'bbox_mAP_50_novel'):
         assert results[f'coco/{key}'] == 0.0
+
+
+def test_zero_shot_protocol_drops_every_image_showing_a_novel_shape(shapes_tiny: Path) -> None:
+    split = json.loads((shapes_tiny / 'annotations/ov_split.json').read_text())
+    gt = json.loads((shapes_tiny / 'annotations/instances_train.json').read_text())
+    novel_ids = {c['id'] for c in gt['categories'] if c['name'] in split['novel']}
+    with_novel = {a['image_id'] for a in gt['annotations'] if a['category_id'] in novel_ids}
+    assert 0 < len(with_novel) < len(gt['images'])  # the tiny set has both kinds of image
+    common = dict(type='OVCocoDataset', data_root=f'{shapes_tiny}/', data_prefix=dict(img='images/train/'),
+                  ann_file='annotations/instances_train.json', ov_split='annotations/ov_split.json',
+                  vocabulary='base', pipeline=[], filter_cfg=None)  # fmt: skip
+    kept = DATASETS.build(dict(common))
+    assert len(kept) == len(gt['images'])  # OV-COCO: the images stay, their novel boxes go
+    zsd = DATASETS.build(dict(common, drop_images_outside_vocabulary=True))
+    ids = {zsd.get_data_info(i)['img_id'] for i in range(len(zsd))}
+    assert ids == {img['id'] for img in gt['images']} - with_novel
+    labels = [inst['bbox_label'] for i in range(len(zsd)) for inst in zsd.get_data_info(i)['instances']]
+    assert len(labels) == sum(a['image_id'] in ids for a in gt['annotations'])  # every box of a kept image
+    assert max(labels) < len(split['base'])
+    # 'all' has no category outside the vocabulary: nothing is dropped
+    everything = DATASETS.build(dict(common, vocabulary='all', drop_images_outside_vocabulary=True))
+    assert len(everything) == len(kept)

@@ -6,7 +6,7 @@ _base_ = [
     '../_base_/schedules/adamw_cosine_20e.py',
     '../_base_/default_runtime.py',
 ]
-max_epochs = 12  # ~1,450 training images with a base shape / 16 = ~91 iterations an epoch
+max_epochs = 24  # ~1,450 training images with a base shape / 16 = 96 iterations an epoch
 model = dict(
     backbone=dict(
         preset=None,
@@ -60,6 +60,6 @@ param_scheduler = [  # a list replaces the base schedule whole
         convert_to_iter_based=True,
     ),
 ]
-train_cfg = dict(max_epochs=max_epochs, val_interval=4)
+train_cfg = dict(max_epochs=max_epochs, val_interval=6)
 auto_scale_lr = dict(base_batch_size=16)
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=max_epochs))

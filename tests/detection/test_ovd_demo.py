@@ -1,0 +1,204 @@
+"""tools/demo/ovd_demo.py with a random-init tiny FIBER detector (Shapes World config).
+
+An image, a folder and an H.264 video in, drawings and detections.json out; boxes in the input's own pixels
+(a 200 x 150 image gives its 128 x 96 resized copy's boxes times 1.5625), labels from the given names (novel
+ones included), frame indices that follow --frame-stride, clear errors naming the file, and pickled objects in
+a checkpoint refused."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import av
+import mmcv
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from PIL import Image, ImageDraw
+
+from toolkit.checkpoint import UnsafeCheckpointError
+from toolkit.registry import MODELS, TRANSFORMS
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = str(REPO / 'configs/fiber/fiber_swin-tiny-roberta-tiny_fpn-dyhead_1xb16-24e_shapes-ov.py')
+BASE = ('red circle', 'blue square', 'green triangle')  # base categories of Shapes World
+NOVEL = ('red triangle', 'purple circle')  # never in a training prompt (the ov split's novel names)
+
+
+def _load_demo() -> ModuleType:
+    spec = importlib.util.spec_from_file_location('ovd_demo', REPO / 'tools/demo/ovd_demo.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+demo = _load_demo()
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init checkpoint in tools/train.py's format (plain tensors and containers)."""
+    torch.manual_seed(0)
+    model = MODELS.build(Config.fromfile(CONFIG).model)
+    model.init_weights()
+    path = tmp_path_factory.mktemp('ckpt') / 'epoch_1.pth'
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    torch.save(
+        dict(meta=dict(epoch=1, iter=2, seed=0, dataset_meta=dict(classes=BASE)), state_dict=state), path
+    )
+    return path
+
+
+def _shapes(width: int, height: int, seed: int) -> np.ndarray:
+    """An RGB image with a few coloured shapes on a grey background."""
+    rng = np.random.default_rng(seed)
+    image = Image.new('RGB', (width, height), (128, 120, 110))
+    draw = ImageDraw.Draw(image)
+    for colour in ((215, 35, 35), (35, 75, 215), (35, 160, 50)):
+        x, y = int(rng.integers(0, width - 40)), int(rng.integers(0, height - 40))
+        size = int(rng.integers(22, 40))
+        if rng.random() < 0.5:
+            draw.ellipse((x, y, x + size, y + size), fill=colour)
+        else:
+            draw.polygon([(x, y + size), (x + size // 2, y), (x + size, y + size)], fill=colour)
+    return np.asarray(image)
+
+
+def _save(path: Path, rgb: np.ndarray) -> Path:
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fps: int = 8) -> Path:
+    with av.open(str(path), mode='w') as container:
+        stream = container.add_stream('libx264', rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = 'yuv420p'
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _decode_video(path: Path) -> tuple[str, float, list[np.ndarray]]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [frame.to_ndarray(format='rgb24') for frame in container.decode(stream)]
+        return stream.codec_context.name, float(stream.average_rate), frames
+
+
+def _args(source: Path, out: Path, checkpoint: Path, texts: str, *extra: str) -> list[str]:
+    return [str(source), '--texts', texts, '--config', CONFIG, '--checkpoint', str(checkpoint),
+            '--out', str(out), '--score-thr', '0', *extra]  # fmt: skip
+
+
+def _check_detections(entry: dict, names: tuple[str, ...], width: int, height: int) -> None:
+    dets = entry['detections']
+    assert dets, entry['file']  # score_thr 0: a random-init model still gives boxes
+    assert [d['score'] for d in dets] == sorted((d['score'] for d in dets), reverse=True)
+    for det in dets:
+        x1, y1, x2, y2 = det['bbox']
+        assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height, det
+        assert det['label'] in names and 0.0 <= det['score'] <= 1.0
+
+
+def test_texts_are_parsed_and_an_empty_list_is_refused() -> None:
+    assert demo.parse_texts(' red circle . blue square. ') == ('red circle', 'blue square')
+    assert demo.parse_texts('red circle, red triangle ,red circle') == ('red circle', 'red triangle')
+    with pytest.raises(demo.DemoInputError, match='names no category'):
+        demo.parse_texts(' . , ')
+
+
+def test_single_image_with_novel_names(tmp_path: Path, checkpoint: Path) -> None:
+    image = _save(tmp_path / 'scene.png', _shapes(128, 128, seed=1))
+    out = tmp_path / 'out'
+    output = demo.main(_args(image, out, checkpoint, 'red triangle, purple circle', '--max-dets', '4'))
+    saved = json.loads((out / 'detections.json').read_text())
+    assert saved == json.loads(json.dumps(output)) and saved['names'] == list(NOVEL)
+    assert [r['file'] for r in saved['results']] == [str(image)] and 'frame' not in saved['results'][0]
+    assert len(saved['results'][0]['detections']) == 4
+    _check_detections(saved['results'][0], NOVEL, 128, 128)
+    drawn = mmcv.imread(str(out / 'vis/scene.jpg'))
+    assert drawn.shape == (128, 128, 3)
+
+
+def test_folder_boxes_in_original_pixels_and_bad_files(tmp_path: Path, checkpoint: Path) -> None:
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    names = BASE + NOVEL[:1]
+    _save(folder / 'a_square.png', _shapes(128, 128, seed=2))
+    wide = _shapes(200, 150, seed=3)
+    _save(folder / 'b_wide.png', wide)
+    # The 128 x 96 image the test pipeline makes of b_wide.png: the network sees the same pixels.
+    resized = TRANSFORMS.build(dict(type='Resize', scale=(128, 128), keep_ratio=True))(
+        dict(img=wide[..., ::-1])
+    )
+    assert resized['img'].shape == (96, 128, 3)
+    mmcv.imwrite(resized['img'], str(folder / 'c_small.png'))
+    (folder / 'd_broken.png').write_bytes(b'\x89PNG\r\n\x1a\n not really a png')
+    (folder / 'notes.txt').write_text('not an image')
+
+    with pytest.raises(demo.DemoInputError, match=r'd_broken\.png.*cannot be decoded'):
+        demo.main(_args(folder, tmp_path / 'fail', checkpoint, ' . '.join(names)))
+
+    out = tmp_path / 'out'
+    saved = demo.main(_args(folder, out, checkpoint, ' . '.join(names), '--skip-bad', '--max-dets', '6'))
+    assert saved == json.loads((out / 'detections.json').read_text())
+    assert [Path(s['file']).name for s in saved['skipped']] == ['d_broken.png']
+    by_name = {Path(r['file']).name: r for r in saved['results']}
+    assert list(by_name) == ['a_square.png', 'b_wide.png', 'c_small.png']  # sorted, .txt ignored
+    sizes = {'a_square.png': (128, 128), 'b_wide.png': (200, 150), 'c_small.png': (128, 96)}
+    for name, (width, height) in sizes.items():
+        _check_detections(by_name[name], names, width, height)
+        assert mmcv.imread(str(out / 'vis' / name.replace('.png', '.jpg'))).shape == (height, width, 3)
+    # Boxes are mapped back to the input's pixels: 200 x 150 was seen at 128 x 96 (scale 0.64).
+    big, small = by_name['b_wide.png']['detections'], by_name['c_small.png']['detections']
+    assert [d['label'] for d in big] == [d['label'] for d in small]
+    np.testing.assert_allclose([d['score'] for d in big], [d['score'] for d in small], atol=1e-4)
+    np.testing.assert_allclose(
+        [d['bbox'] for d in big], [[v / 0.64 for v in d['bbox']] for d in small], atol=0.05
+    )
+
+
+def test_video_frames_follow_the_stride(tmp_path: Path, checkpoint: Path) -> None:
+    frames = [np.roll(_shapes(128, 96, seed=4), 6 * i, axis=1) for i in range(10)]
+    video = _write_video(tmp_path / 'clip.mp4', frames)
+    out = tmp_path / 'out'
+    names = BASE[:2] + NOVEL
+    args = _args(video, out, checkpoint, ' . '.join(names), '--frame-stride', '3', '--batch-size', '3',
+                 '--max-dets', '3')  # fmt: skip
+    saved = demo.main(args)
+    assert [r['frame'] for r in saved['results']] == [0, 3, 6, 9]  # two batches: 0, 3, 6 and 9
+    assert {r['file'] for r in saved['results']} == {str(video)}
+    for entry in saved['results']:
+        _check_detections(entry, names, 128, 96)
+    codec, fps, drawn = _decode_video(out / 'vis/clip.mp4')
+    assert codec in ('h264', 'mpeg4') and len(drawn) == 4 and drawn[0].shape == (96, 128, 3)
+    assert fps == pytest.approx(8 / 3, rel=1e-3)
+
+
+def test_missing_input_and_corrupt_video_name_the_file(tmp_path: Path, checkpoint: Path) -> None:
+    missing = tmp_path / 'nowhere.png'
+    with pytest.raises(demo.DemoInputError, match='nowhere.png does not exist'):
+        demo.main(_args(missing, tmp_path / 'out', checkpoint, 'red circle'))
+    broken = tmp_path / 'broken.mp4'
+    broken.write_bytes(b'\x00\x00\x00\x18ftypmp42' + bytes(64))
+    with pytest.raises(demo.DemoInputError, match=r'broken\.mp4'):
+        demo.main(_args(broken, tmp_path / 'out', checkpoint, 'red circle'))
+
+
+def test_a_checkpoint_with_a_pickled_object_is_refused(tmp_path: Path, checkpoint: Path) -> None:
+    image = _save(tmp_path / 'scene.png', _shapes(128, 128, seed=5))
+    state = torch.load(checkpoint, weights_only=True)
+    state['meta']['hook'] = json.dumps  # a function reference: unpickling it would import and resolve it
+    unsafe = tmp_path / 'unsafe.pth'
+    torch.save(state, unsafe)
+    with pytest.raises(UnsafeCheckpointError, match=r'unsafe\.pth.*json\.dumps'):
+        demo.main(_args(image, tmp_path / 'out', checkpoint=unsafe, texts='red circle'))
+    assert not (tmp_path / 'out').exists()  # refused before anything was written
