@@ -10,7 +10,7 @@ train_dataloader = dict(
             dict(type='RandomResize', scale=(128, 128), ratio_range=(0.8, 1.2), keep_ratio=True),
             dict(type='RandomFlip', prob=0.5),
             dict(type='SampleGroundingNames', max_names=16, shuffle=True),
-            dict(type='PackDetInputs', meta_keys={{ _base_.meta_keys }}),
+            dict(type='PackDetInputs', meta_keys={{_base_.meta_keys}}),
         ]
     )
 )
