@@ -46,7 +46,10 @@ model = dict(
         anchor_generator=dict(octave_base_scale=4, strides=[8, 16, 32]),  # 32, 64, 128 px anchors
     ),
     tokenizer=dict(path='{{ fileDirname }}/../_base_/tokenizers/shapes_world.json', context_length=160),
-    test_cfg=dict(chunked_size=-1),  # the 48 names fit one prompt (146 tokens)
+    # The 48 names fit one prompt (146 tokens). A name's score is the geometric mean of its tokens'
+    # probabilities (GLIP's arithmetic mean gives a shape half the score of every name that shares its colour
+    # or its shape word): on 3,200 fresh images, base / novel AP50 0.73 / 0.34 against 0.60 / 0.12.
+    test_cfg=dict(chunked_size=-1, name_score='geometric'),
 )
 optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.05))  # from scratch, batch 16
 param_scheduler = [  # a list replaces the base schedule whole

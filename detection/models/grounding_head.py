@@ -496,11 +496,15 @@ class FIBERGroundingHead(ATSSHead):
 
         Returns:
             ``[image][level]`` :class:`InstanceData` with ``scores`` (the mean probability of the name's
-            tokens, before centerness), ``labels`` (+ ``label_offset``), ``bboxes`` (input-image coordinates)
+            tokens, GLIP's, or with ``test_cfg.name_score='geometric'`` their geometric mean; before
+            centerness), ``labels`` (+ ``label_offset``), ``bboxes`` (input-image coordinates)
             and ``centerness`` (probability).
         """
         cfg = self.test_cfg if cfg is None else cfg
         nms_pre, score_thr = cfg.get('nms_pre', -1), cfg.get('score_thr', 0.0)
+        name_score = cfg.get('name_score', 'mean')
+        if name_score not in ('mean', 'geometric'):
+            raise ValueError(f"test_cfg.name_score must be 'mean' or 'geometric', got {name_score!r}")
         if nms_pre <= 0:  # keep every pair (mmdet's filter_scores_and_topk needs a positive k)
             nms_pre = sum(int(pred.shape[-2] * pred.shape[-1]) for pred in bbox_preds) * positive_map.shape[0]
         name_weights = positive_map.float()
@@ -513,7 +517,11 @@ class FIBERGroundingHead(ATSSHead):
         for b, img_meta in enumerate(batch_img_metas):
             levels = []
             for level, priors in enumerate(mlvl_priors):
-                scores = cls_logits[level][b].float().sigmoid() @ name_weights.T  # (H*W, C)
+                logits = cls_logits[level][b].float()
+                if name_score == 'mean':  # GLIP: the mean of the tokens' probabilities
+                    scores = logits.sigmoid() @ name_weights.T  # (H*W, C)
+                else:  # 'geometric': every token of the name must match (an AND of its words)
+                    scores = (F.logsigmoid(logits) @ name_weights.T).exp()
                 bbox_pred = rearrange(bbox_preds[level][b].float(), 'k h w -> (h w) k')
                 centerness = rearrange(centernesses[level][b].float(), '1 h w -> (h w)').sigmoid()
                 scores, labels, keep, kept = filter_scores_and_topk(

@@ -343,9 +343,10 @@ def test_training_prompts_of_the_shapes_config_name_base_categories_only(shapes_
     orders = set()
     for i in range(len(dataset)):
         sample = dataset[i]['data_samples']
-        assert sorted(sample.text) == sorted(split['base'])  # every base name, no novel one
+        assert len(sample.text) == 16 and set(sample.text) <= set(split['base'])  # 16 base names, no novel
         names = [sample.text[label] for label in sample.gt_instances.labels.tolist()]
-        assert set(names) <= set(split['base'])
+        info = dataset.get_data_info(i)  # every box keeps its own name
+        assert sorted(names) == sorted(info['text'][inst['bbox_label']] for inst in info['instances'])
         orders.add(tuple(sample.text))
     assert len(orders) > 1  # shuffled per sample
 
@@ -395,3 +396,26 @@ def test_train_two_iterations_and_test_the_shapes_config(shapes_tiny: Path, tmp_
     for key in ('bbox_mAP', 'bbox_mAP_50_base', 'bbox_mAP_50_novel', 'bbox_mAP_base', 'bbox_mAP_novel'):
         assert f'coco/{key}' in metrics, sorted(metrics)
     assert metrics['coco/num_novel'] == 8 and metrics['coco/num_base'] == 40
+
+
+def test_name_scores_are_the_mean_or_the_geometric_mean_of_token_probabilities() -> None:
+    model = _fixed_weights(_model())
+    data = _batch(model, [_sample([], [])], training=False)
+    prompt = model.encode_prompt(NAMES)
+    with torch.no_grad():
+        cls_logits, bbox_preds, centernesses = model(**data, mode='tensor')
+    metas = [data['data_samples'][0].metainfo]
+    weights = prompt.positive_map.float() / prompt.positive_map.float().sum(dim=-1, keepdim=True)
+    for name_score in ('mean', 'geometric'):
+        cfg = dict(model.bbox_head.test_cfg, name_score=name_score, nms_pre=-1, score_thr=0.0)
+        levels = model.bbox_head.candidates_by_feat(
+            cls_logits, bbox_preds, centernesses, prompt.positive_map, metas, cfg=cfg
+        )[0]
+        probs = cls_logits[0][0].sigmoid()  # (H*W, L), the first level
+        expected = probs @ weights.T if name_score == 'mean' else torch.exp(probs.log() @ weights.T)
+        got = levels[0].scores.sort(descending=True).values
+        torch.testing.assert_close(got, expected.flatten().sort(descending=True).values, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match='name_score'):
+        model.bbox_head.candidates_by_feat(
+            cls_logits, bbox_preds, centernesses, prompt.positive_map, metas, cfg=dict(name_score='max')
+        )

@@ -14,7 +14,9 @@ train_pipeline = [
     # horizontal flips keep them true.
     dict(type='RandomResize', scale=(img_size, img_size), ratio_range=(0.8, 1.2), keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),
-    dict(type='SampleGroundingNames', shuffle=True),  # all 40 base names, in a new order each time
+    # The image's names and random negatives, 16 names a prompt in a new order each time (GLIP samples
+    # negative categories): each name meets varied neighbours (all 40 base names: ..._shapes-ov-allnames.py).
+    dict(type='SampleGroundingNames', max_names=16, shuffle=True),
     dict(type='PackDetInputs', meta_keys=meta_keys),
 ]
 test_pipeline = [
