@@ -14,9 +14,9 @@ train_pipeline = [
     # horizontal flips keep them true.
     dict(type='RandomResize', scale=(img_size, img_size), ratio_range=(0.8, 1.2), keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),
-    # The image's names and random negatives, 16 names a prompt in a new order each time (GLIP samples
-    # negative categories): each name meets varied neighbours (all 40 base names: ..._shapes-ov-allnames.py).
-    dict(type='SampleGroundingNames', max_names=16, shuffle=True),
+    # All 40 base names in a new order each time (16 names a prompt, as GLIP samples negative categories:
+    # ..._shapes-ov-16names.py, which generalises less to the novel names).
+    dict(type='SampleGroundingNames', shuffle=True),
     dict(type='PackDetInputs', meta_keys=meta_keys),
 ]
 test_pipeline = [
