@@ -6,7 +6,7 @@ _base_ = [
     '../_base_/schedules/adamw_cosine_20e.py',
     '../_base_/default_runtime.py',
 ]
-max_epochs = 24  # ~1,450 training images with a base shape / 16 = 96 iterations an epoch
+max_epochs = 24  # 1,534 training images with a base shape / 16 = 96 iterations an epoch
 model = dict(
     backbone=dict(
         preset=None,
