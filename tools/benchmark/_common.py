@@ -8,6 +8,7 @@ timing, robust summaries and FLOP counting.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
@@ -28,6 +29,7 @@ from toolkit.tokenizers import TextTokenizer
 
 __all__ = [
     'BASE_MODEL_CONFIG',
+    'import_repo_module',
     'CLIP_VOCAB_SIZE',
     'IdTokenizer',
     'build_mammut',
@@ -45,6 +47,26 @@ __all__ = [
 REPO = Path(__file__).resolve().parents[2]
 BASE_MODEL_CONFIG = REPO / 'configs/_base_/models/mammut_vit-b16-dec12.py'
 CLIP_VOCAB_SIZE = 49408  # CLIP BPE: 49406 tokens + <start_of_text> + <end_of_text>
+
+
+def import_repo_module(name: str) -> Any:
+    """Import ``name`` from the repository, not from this folder: the scripts ``detection.py`` and
+    ``video.py`` share their names with the repository's packages, and a script's folder comes first on
+    ``sys.path`` when it runs. The folder is hidden for the import; afterwards ``sys.modules`` holds the
+    package."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or '.') != here]
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path[:] = saved
+
+
+# The packages the registries' lazy `locations` import from, loaded now: later imports find them in
+# sys.modules, never this folder's scripts of the same names.
+for _area in ('pretrain', 'video', 'detection'):
+    import_repo_module(_area)
 
 
 def log(message: str) -> None:

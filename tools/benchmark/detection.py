@@ -79,6 +79,7 @@ from _common import (
     REPO,
     count_flops,
     emit_json,
+    import_repo_module,
     interleaved_timings,
     log,
     seed_everything,
@@ -88,22 +89,6 @@ from _common import (
 from torch import nn
 
 __all__ = ['build_fiber', 'build_glip', 'main', 'parse_args', 'summarize_iqr']
-
-
-def _import_repo_module(name: str) -> Any:
-    """Import ``name`` from the repository, not from this folder's ``detection.py`` or ``video.py``.
-
-    The script's folder comes first on ``sys.path`` when it runs, so a plain ``import detection...`` (or the
-    registries' lazy import of ``video...``) would find a script; the folder is hidden for the first import
-    of each area, after which ``sys.modules`` holds the package.
-    """
-    here = osp.dirname(osp.abspath(__file__))
-    saved = list(sys.path)
-    sys.path[:] = [p for p in sys.path if osp.abspath(p or '.') != here]
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path[:] = saved
 
 
 def _glip_transformers_compat() -> None:
@@ -138,9 +123,7 @@ def _glip_transformers_compat() -> None:
 
 
 _glip_transformers_compat()
-for _area in ('pretrain', 'video', 'detection'):  # the packages the registries' `locations` import from
-    _import_repo_module(_area)
-_grounding_head = _import_repo_module('detection.models.grounding_head')
+_grounding_head = import_repo_module('detection.models.grounding_head')
 
 FIBER_CONFIGS = {
     'fiber_t': 'configs/fiber/fiber_swin-t_fpn-dyhead_32xb1-24e_coco-ov.py',

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import importlib
 import os.path as osp
 import statistics
 import sys
@@ -55,6 +54,7 @@ from _common import (
     IdTokenizer,
     count_flops,
     emit_json,
+    import_repo_module,
     interleaved_timings,
     log,
     seed_everything,
@@ -65,22 +65,7 @@ from _common import (
 __all__ = ['main', 'parse_args', 'run_decode', 'run_encode']
 
 
-def _import_repo_module(name: str) -> Any:
-    """Import ``name`` from the repository's ``video`` package, not from this file.
-
-    This script is itself named ``video.py`` and its folder comes first on ``sys.path`` when it runs, so a
-    plain ``import video...`` would find the script; the folder is hidden for the import.
-    """
-    here = osp.dirname(osp.abspath(__file__))
-    saved = list(sys.path)
-    sys.path[:] = [p for p in sys.path if osp.abspath(p or '.') != here]
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path[:] = saved
-
-
-_transforms = _import_repo_module('video.datasets.transforms')
+_transforms = import_repo_module('video.datasets.transforms')
 DecodeVideo, SampleFrames = _transforms.DecodeVideo, _transforms.SampleFrames
 
 TARGET_VS_MMACTION2 = 1.0
