@@ -74,6 +74,9 @@ MODELS = ToolkitRegistry(
         'detection.models.fiber_backbone',
         'detection.models.grounding_head',
         'detection.models.fiber_detector',
+        'detection.models.simple_pyramid',
+        'detection.models.text_bbox_head',
+        'detection.models.mammut_detector',
     ],
 )
 DATASETS = ToolkitRegistry(

@@ -10,7 +10,8 @@ Both classes extend mmdet's (``CocoDataset`` / ``LVISV1Dataset``):
 
 * the category list (``metainfo['classes']``, in category-id order) is read from the annotation file, so one
   class serves COCO, LVIS and Shapes World files; ``metainfo=dict(classes=...)`` still restricts it;
-* ``ov_split`` (a JSON file relative to ``data_root``, or a dict, with ``base`` and ``novel`` name lists) and
+* ``ov_split`` (a JSON file relative to ``data_root``, or a dict, with ``base`` and ``novel`` name lists; an
+  LVIS annotation file gives the frequency split: frequent + common base, rare novel) and
   ``vocabulary`` (``'all'``, ``'base'``, ``'novel'`` or ``'base+novel'``) pick the categories: annotations of
   other categories are dropped (their images kept, as in the OV-COCO training file) and only the vocabulary
   is named in the prompt, so a ``'base'`` training set never shows a novel name;
@@ -38,16 +39,30 @@ from mmengine.logging import print_log
 
 from toolkit.registry import DATASETS
 
-__all__ = ['VOCABULARIES', 'OVCocoDataset', 'OVLVISDataset', 'read_ov_split']
+__all__ = ['VOCABULARIES', 'OVCocoDataset', 'OVLVISDataset', 'lvis_frequency_split', 'read_ov_split']
 
 VOCABULARIES = ('all', 'base', 'novel', 'base+novel')
 _LVIS_URL = 'http://images.cocodataset.org/'
 
 
+def lvis_frequency_split(categories: list[dict[str, Any]], where: str = 'categories') -> dict[str, list[str]]:
+    """OV-LVIS (ViLD): frequent and common categories are base, rare ones novel, from LVIS ``frequency``."""
+    if not all('frequency' in c and 'name' in c for c in categories):
+        raise ValueError(f'{where}: LVIS categories need "name" and "frequency" ("f", "c" or "r")')
+    return {
+        'base': [c['name'] for c in categories if c['frequency'] in ('f', 'c')],
+        'novel': [c['name'] for c in categories if c['frequency'] == 'r'],
+    }
+
+
 def read_ov_split(
     ov_split: str | Mapping[str, Any] | None, data_root: str | None = None
 ) -> dict[str, tuple[str, ...]] | None:
-    """``{'base': names, 'novel': names}`` from a JSON file (relative to ``data_root``) or a mapping."""
+    """``{'base': names, 'novel': names}`` from a JSON file (relative to ``data_root``) or a mapping.
+
+    An LVIS annotation file (or mapping) with ``categories`` and no ``base`` list gives ViLD's OV-LVIS split
+    (:func:`lvis_frequency_split`).
+    """
     if ov_split is None:
         return None
     where = 'ov_split'
@@ -58,6 +73,8 @@ def read_ov_split(
         with open(path) as f:
             ov_split = json.load(f)
         where = path
+    if isinstance(ov_split, Mapping) and 'categories' in ov_split and 'base' not in ov_split:
+        ov_split = lvis_frequency_split(ov_split['categories'], where)
     if not isinstance(ov_split, Mapping) or not all(
         isinstance(ov_split.get(k), list | tuple) for k in ('base', 'novel')
     ):

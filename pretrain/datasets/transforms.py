@@ -13,7 +13,7 @@ from mmengine.structures import BaseDataElement
 
 from toolkit.registry import TRANSFORMS
 
-__all__ = ['PackImageTextInputs', 'RandomFlipCaption', 'SampleCaption']
+__all__ = ['PackImageTextInputs', 'RandomFlipCaption', 'SampleCaption', 'SwapWordNegative']
 
 
 @TRANSFORMS.register_module()
@@ -64,12 +64,73 @@ class RandomFlipCaption(BaseTransform):
         return results
 
 
+_A_BEFORE_VOWEL = re.compile(r'\b([Aa]) (?=[aeiou])')
+_AN_BEFORE_CONSONANT = re.compile(r'\b([Aa])n (?=[b-df-hj-np-tv-z])')
+
+
+def _fix_articles(text: str) -> str:
+    """'a orange' -> 'an orange', 'an red' -> 'a red': a swapped word must not give itself away."""
+    return _AN_BEFORE_CONSONANT.sub(r'\1 ', _A_BEFORE_VOWEL.sub(r'\1n ', text))
+
+
+@TRANSFORMS.register_module()
+class SwapWordNegative(BaseTransform):
+    """A hard negative caption: ``text`` with one word replaced by another of its group (``negative_text``).
+
+    NegCLIP (Yuksekgonul et al., "When and why vision-language models behave like bags-of-words", ICLR 2023,
+    Sec. 4) adds such swapped captions as extra negatives of the contrastive loss, so that the text embedding
+    cannot ignore the swapped kind of word. With Shapes World's shape and colour words: a contrastive batch of
+    random images rarely holds two images of the same colours with different shapes, and the pooled text
+    embedding of a short name ends up encoding its colour only; a swapped shape word makes shapes count.
+
+    Args:
+        groups: interchangeable words (e.g. shape nouns; plural forms in a group of their own). One occurrence
+            of any group word is drawn uniformly (Python's seeded RNG) and replaced by another word of its
+            group, drawn uniformly.
+
+    The English article before the new word is fixed ('an orange' -> 'a red'), so that grammar does not give the
+    negative away. A text with no group word gets its words in reversed order instead (NegCLIP's order
+    perturbation); ``swapped_words`` (0 or 1) records which happened.
+    """
+
+    def __init__(self, *, groups: list[list[str]]) -> None:
+        self.groups = [list(dict.fromkeys(group)) for group in groups]
+        if not self.groups or any(len(group) < 2 for group in self.groups):
+            raise ValueError('SwapWordNegative: every group needs at least two different words')
+        self.group_of: dict[str, int] = {}
+        for index, group in enumerate(self.groups):
+            for word in group:
+                if word in self.group_of:
+                    raise ValueError(f'SwapWordNegative: {word!r} is in two groups')
+                self.group_of[word] = index
+        self.pattern = re.compile(r'\b(' + '|'.join(map(re.escape, sorted(self.group_of, key=len)[::-1])) + r')\b')
+
+    def negative(self, text: str) -> tuple[str, int]:
+        matches = list(self.pattern.finditer(text))
+        if not matches:
+            return ' '.join(text.split()[::-1]), 0
+        match = matches[random.randrange(len(matches))]
+        group = self.groups[self.group_of[match.group(1)]]
+        others = [word for word in group if word != match.group(1)]
+        swapped = text[: match.start()] + others[random.randrange(len(others))] + text[match.end() :]
+        return _fix_articles(swapped), 1
+
+    def transform(self, results: dict[str, Any]) -> dict[str, Any]:
+        if 'text' not in results:
+            raise KeyError('SwapWordNegative needs a sampled `text` (put it after SampleCaption)')
+        results['negative_text'], results['swapped_words'] = self.negative(results['text'])
+        return results
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(groups={self.groups})'
+
+
 @TRANSFORMS.register_module()
 class PackImageTextInputs(BaseTransform):
     """Pack an image (H, W, C) uint8 array and its text into ``inputs`` (C, H, W) and a data sample.
 
-    The data sample carries ``text`` (the training caption, when sampled),
-    ``gt_captions`` (all references) and the meta keys (``img_id``, ``img_path``,
+    The data sample carries ``text`` (the training caption, when sampled), ``negative_text`` (a hard
+    negative caption, when made), ``gt_captions`` (all references) and the meta keys (``img_id``, ``img_path``,
     ``ori_shape``, ``img_shape`` by default).
     """
 
@@ -86,6 +147,8 @@ class PackImageTextInputs(BaseTransform):
         sample = BaseDataElement(metainfo={k: results[k] for k in self.meta_keys if k in results})
         if 'text' in results:
             sample.text = results['text']
+        if 'negative_text' in results:
+            sample.negative_text = results['negative_text']
         if 'captions' in results:
             sample.gt_captions = list(results['captions'])
         return dict(inputs=inputs, data_samples=sample)

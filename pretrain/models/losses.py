@@ -52,16 +52,23 @@ def gather_with_grad(features: Tensor) -> Tensor:
 
 
 def contrastive_logits(
-    img_emb: Tensor, txt_emb: Tensor, logit_scale: Tensor | float, logit_bias: Tensor | float | None = None
+    img_emb: Tensor,
+    txt_emb: Tensor,
+    logit_scale: Tensor | float,
+    logit_bias: Tensor | float | None = None,
+    neg_txt_emb: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Local-vs-global logits in float32.
 
-    Returns ``logits_i2t`` (B, B_global), ``logits_t2i`` (B, B_global) and the positive column of each row
-    ``labels`` (B,) = ``rank * B + arange(B)``.
+    Returns ``logits_i2t`` (B, B_global [+ B_global]), ``logits_t2i`` (B, B_global) and the positive column
+    of each row ``labels`` (B,) = ``rank * B + arange(B)``. Hard negative texts ``neg_txt_emb`` (B, E), one
+    per image (NegCLIP), are extra negative columns of every image's row, after the captions.
     """
     rank, _ = _world()
     img_emb, txt_emb = img_emb.float(), txt_emb.float()
     img_all, txt_all = gather_with_grad(img_emb), gather_with_grad(txt_emb)
+    if neg_txt_emb is not None:
+        txt_all = torch.cat([txt_all, gather_with_grad(neg_txt_emb.float())])
     with torch.autocast(device_type=img_emb.device.type, enabled=False):
         scale = logit_scale.float() if isinstance(logit_scale, Tensor) else logit_scale
         logits_i2t = scale * img_emb @ txt_all.t()
@@ -103,7 +110,8 @@ class FocalContrastiveLoss(nn.Module):
         gamma: focusing parameter; ``gamma=0, alpha=None`` is the plain sigmoid (SigLIP) loss.
         loss_weight: multiplier of the returned loss.
 
-    ``forward(img_emb (B, E), txt_emb (B, E), logit_scale, logit_bias)`` -> scalar.
+    ``forward(img_emb (B, E), txt_emb (B, E), logit_scale, logit_bias, neg_txt_emb=None)`` -> scalar; hard
+    negative texts (B, E) add negative columns to the image-to-text rows.
     """
 
     uses_bias = True
@@ -127,8 +135,9 @@ class FocalContrastiveLoss(nn.Module):
         txt_emb: Tensor,
         logit_scale: Tensor | float,
         logit_bias: Tensor | float | None = None,
+        neg_txt_emb: Tensor | None = None,
     ) -> Tensor:
-        logits_i2t, logits_t2i, labels = contrastive_logits(img_emb, txt_emb, logit_scale, logit_bias)
+        logits_i2t, logits_t2i, labels = contrastive_logits(img_emb, txt_emb, logit_scale, logit_bias, neg_txt_emb)
         loss = 0.5 * (self.loss_from_logits(logits_i2t, labels) + self.loss_from_logits(logits_t2i, labels))
         return self.loss_weight * loss
 
@@ -137,8 +146,8 @@ class FocalContrastiveLoss(nn.Module):
 class InfoNCELoss(nn.Module):
     """Symmetric softmax cross-entropy over image-text similarities (CLIP).
 
-    ``forward(img_emb (B, E), txt_emb (B, E), logit_scale, logit_bias=None)`` -> scalar; a bias would cancel
-    in the softmax and is ignored.
+    ``forward(img_emb (B, E), txt_emb (B, E), logit_scale, logit_bias=None, neg_txt_emb=None)`` -> scalar; a
+    bias would cancel in the softmax and is ignored; hard negative texts add image-to-text columns.
     """
 
     uses_bias = False
@@ -153,8 +162,9 @@ class InfoNCELoss(nn.Module):
         txt_emb: Tensor,
         logit_scale: Tensor | float,
         logit_bias: Tensor | float | None = None,
+        neg_txt_emb: Tensor | None = None,
     ) -> Tensor:
-        logits_i2t, logits_t2i, labels = contrastive_logits(img_emb, txt_emb, logit_scale)
+        logits_i2t, logits_t2i, labels = contrastive_logits(img_emb, txt_emb, logit_scale, None, neg_txt_emb)
         loss = 0.5 * (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels))
         return self.loss_weight * loss
 

@@ -23,13 +23,15 @@ Open-ended (video) question answering is the generative pass with the question a
 and generates the answer greedily.
 
 Data contract: ``inputs`` (B, 3, H, W) images or (B, 3, T, H, W) clips, normalised by the data preprocessor;
-training samples carry ``text`` (str) or ``question`` and ``gt_answer``; evaluation samples carry
+training samples carry ``text`` (str), optionally ``negative_text`` (a hard negative caption, see
+``SwapWordNegative``), or ``question`` and ``gt_answer``; evaluation samples carry
 ``gt_captions`` (list[str]) and ``img_id``, or ``question`` (then ``pred_answer`` is predicted).
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import torch
@@ -364,7 +366,10 @@ class MaMMUT(BaseModel):
         out: dict[str, Tensor] = {}
         if with_text:
             txt_ids, lengths = self._tokenize([sample.text for sample in data_samples], inputs.device)
-            passes = [self._contrastive_pass, self._generative_pass]
+            negatives = None
+            if self._has_field(data_samples, 'negative_text'):
+                negatives = self._tokenize([sample.negative_text for sample in data_samples], inputs.device)
+            passes: list[Any] = [partial(self._contrastive_pass, negatives=negatives), self._generative_pass]
             if self.contrastive_only:
                 passes = passes[:1]
             elif not contrastive_first:
@@ -376,11 +381,24 @@ class MaMMUT(BaseModel):
             out.update(self._answer_pass(img_tokens, data_samples))
         return out
 
-    def _contrastive_pass(self, img_tokens: Tensor, txt_ids: Tensor, lengths: Tensor) -> dict[str, Tensor]:
+    def _contrastive_pass(
+        self,
+        img_tokens: Tensor,
+        txt_ids: Tensor,
+        lengths: Tensor,
+        negatives: tuple[Tensor, Tensor] | None = None,
+    ) -> dict[str, Tensor]:
+        """Contrastive loss; ``negatives`` (ids, lengths) of one hard negative caption per image (NegCLIP)
+        are extra image-to-text negatives, also counted by the logged ``acc_neg`` (caption beats its
+        negative)."""
         img_emb = self.image_embedding(img_tokens)
         txt_emb = self.text_embedding(txt_ids, lengths)
         scale = self.current_logit_scale()
-        loss = self.contrastive_loss(img_emb, txt_emb, scale, self.logit_bias)
+        neg_emb = self.text_embedding(*negatives) if negatives is not None else None
+        if neg_emb is None:
+            loss = self.contrastive_loss(img_emb, txt_emb, scale, self.logit_bias)
+        else:
+            loss = self.contrastive_loss(img_emb, txt_emb, scale, self.logit_bias, neg_txt_emb=neg_emb)
         with torch.no_grad():
             sim = img_emb.float() @ txt_emb.float().t()
             target = torch.arange(sim.shape[0], device=sim.device)
@@ -392,6 +410,9 @@ class MaMMUT(BaseModel):
             }
             if self.logit_bias is not None:
                 out['logit_bias'] = self.logit_bias.detach()
+            if neg_emb is not None:
+                pos = (img_emb.float() * txt_emb.float()).sum(-1)
+                out['acc_neg'] = (pos > (img_emb.float() * neg_emb.float()).sum(-1)).float().mean()
         return out
 
     def caption_targets(self, txt_ids: Tensor, lengths: Tensor) -> Tensor:

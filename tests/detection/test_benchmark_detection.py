@@ -1,4 +1,5 @@
-"""Smoke test of tools/benchmark/detection.py: a --tiny run (64 x 64, toy models) ends with its JSON line."""
+"""Smoke test of tools/benchmark/detection.py: a --tiny run (64 x 64, toy models) ends with its JSON line; the
+MaMMUT detector's warm vocabulary runs never re-run its text decoder."""
 
 from __future__ import annotations
 
@@ -21,25 +22,90 @@ def benchmark(load_benchmark):
 def test_detection_benchmark_tiny(benchmark, capsys: pytest.CaptureFixture[str]) -> None:
     # The script is named detection.py: it must still build the repository's detector.
     assert benchmark._grounding_head.__name__ == 'detection.models.grounding_head'
-    assert benchmark.main(['--tiny', '--threads', '1', '--memory', 'fiber_b']) == 0
+    assert benchmark.main(['--tiny', '--threads', '1', '--memory', 'mammut_b']) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    for key in ('fiber_t_ms', 'glip_t_ms', 'fiber_b_ms', 'fiber_b_peak_mem_mib'):
+    timed = [f'vocab_{size}_{state}_ms' for size in (48, 1203) for state in ('warm', 'cold')]
+    for key in ('fiber_t_ms', 'glip_t_ms', 'fiber_b_ms', 'mammut_b_ms', 'mammut_b_peak_mem_mib', *timed):
         assert math.isfinite(result[key]) and result[key] > 0, key
-    assert result['ratio_fiber_t_over_glip_t'] == pytest.approx(
-        result['fiber_t_ms'] / result['glip_t_ms'], rel=1e-3
-    )
+    for numerator, denominator in (('fiber_t', 'glip_t'), ('mammut_b', 'glip_t'), ('mammut_b', 'fiber_t')):
+        assert result[f'ratio_{numerator}_over_{denominator}'] == pytest.approx(
+            result[f'{numerator}_ms'] / result[f'{denominator}_ms'], rel=1e-3
+        )
+    for state in ('warm', 'cold'):
+        assert result[f'ratio_vocab_1203_over_48_{state}'] == pytest.approx(
+            result[f'vocab_1203_{state}_ms'] / result[f'vocab_48_{state}_ms'], rel=1e-3
+        )
+        # One timed call each (--tiny): a cold call embeds its vocabulary once, a warm one never.
+        for size in (48, 1203):
+            assert result[f'text_passes_vocab_{size}_{state}'] == (state == 'cold'), (size, state)
+    vocabulary = result['vocabulary']
+    assert vocabulary['vocab_48']['names'] == 48 and vocabulary['vocab_1203']['names'] == 1203
+    # Prefill of the 80 COCO names, the first 1,203-name call, the two timed cold calls (the 48 base names are
+    # COCO names: already cached).
+    assert result['mammut_b_text_passes'] == 4
     assert isinstance(result['target_met'], bool)
     models = result['models']
     # The same 80-name COCO prompt, one chunk each; GLIP's language model pads it to 256 tokens.
     assert models['fiber_t']['tokens'] == {'real': 195, 'fed': 195}
     assert models['glip_t']['tokens'] == {'real': 194, 'fed': 256}
-    for name in ('fiber_t', 'glip_t', 'fiber_b'):
+    # MaMMUT: one text per name and template ('a photo of a {}.', ...), padded in batches of 256 texts.
+    assert 80 * 7 < models['mammut_b']['tokens']['real'] <= models['mammut_b']['tokens']['fed']
+    for name in ('fiber_t', 'glip_t', 'fiber_b', 'mammut_b'):
         row = models[name]
         assert row['min_ms'] <= row['median_ms'] <= row['max_ms'] and row['gflops'] > 0
         assert row['input_shape'] == [1, 3, 64, 64]
-    memory = models['fiber_b']['memory']  # measured in a fresh subprocess on CPU
+    memory = models['mammut_b']['memory']  # measured in a fresh subprocess on CPU
     assert memory['peak_mem_mib'] == pytest.approx(memory['weights_mib'] + memory['peak_growth_mib'])
-    assert memory['peak_growth_mib'] >= 0 and 'memory' not in models['glip_t']
+    assert memory['peak_growth_mib'] >= 0 and 'memory' not in models['fiber_b']
+
+
+def test_mammut_warm_vocabulary_skips_the_text_decoder(benchmark, monkeypatch: pytest.MonkeyPatch) -> None:
+    benchmark._init_scope()
+    torch.manual_seed(0)
+    model = benchmark.build_mammut(ensemble='config', tiny=True, device=torch.device('cpu'))
+    names = benchmark.lvis_sized_names(benchmark.minilm_tokenizer_dir(), seed=0)
+    assert len(set(names)) == 1203 and names == benchmark.lvis_sized_names(benchmark.minilm_tokenizer_dir())
+    decoder = model.vlm.text_decoder
+    calls: list[int] = []
+    contrastive = decoder.forward_contrastive
+
+    def counted(txt_ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        calls.append(txt_ids.shape[0])
+        return contrastive(txt_ids, *args, **kwargs)
+
+    monkeypatch.setattr(decoder, 'forward_contrastive', counted)
+    inputs, samples = benchmark.make_inputs(model, size=[64, 64], names=names, seed=0)
+    run = benchmark.make_predict(model, inputs, samples, 'none')
+    texts = 1203 * len(model.templates)
+    first = run()[0].pred_instances
+    assert model.text_passes == 1 and sum(calls) == texts and max(calls) <= 256  # one pass, batches of 256
+    for _ in range(2):  # warm: the embeddings come from the cache
+        warm = run()[0].pred_instances
+        assert model.text_passes == 1 and sum(calls) == texts
+    assert torch.equal(warm.bboxes, first.bboxes) and torch.equal(warm.labels, first.labels)
+    passes = {'cold': 0}
+    cache = dict(model._txt_cache)
+    cold = benchmark._vocab_call(model, run, cold=True, passes=passes, key='cold')()[0].pred_instances
+    # A cold call embeds the vocabulary again (same embeddings, same detections) and restores the cache.
+    assert passes['cold'] == 1 and model.text_passes == 2 and sum(calls) == 2 * texts
+    assert torch.allclose(cold.scores, first.scores) and torch.equal(cold.labels, first.labels)
+    assert model._txt_cache.keys() == cache.keys()
+    assert all(model._txt_cache[name] is cache[name] for name in cache)
+
+
+def test_mammut_ensemble_switch(benchmark, monkeypatch: pytest.MonkeyPatch) -> None:
+    benchmark._init_scope()
+    cpu = torch.device('cpu')
+    assert benchmark.build_mammut(ensemble='off', tiny=True, device=cpu).ensemble is None
+    model = benchmark.build_mammut(ensemble='on', tiny=True, device=cpu)
+    base_names = benchmark.mammut_config()[1]
+    assert len(base_names) == 48 and model.base_names == frozenset(base_names)
+    blended: list[int] = []
+    ensemble_probs = model.ensemble_probs
+    monkeypatch.setattr(model, 'ensemble_probs', lambda *a: blended.append(1) or ensemble_probs(*a))
+    inputs, samples = benchmark.make_inputs(model, size=[64, 64], names=benchmark.coco_names(), seed=0)
+    detections = benchmark.make_predict(model, inputs, samples, 'none')()[0].pred_instances
+    assert blended == [1] and set(detections.label_names) <= set(benchmark.coco_names())
 
 
 def test_dcn_flops_are_added_for_mmcv_only(benchmark) -> None:

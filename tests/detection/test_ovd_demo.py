@@ -1,9 +1,11 @@
-"""tools/demo/ovd_demo.py with a random-init tiny FIBER detector (Shapes World config).
+"""tools/demo/ovd_demo.py with random-init tiny FIBER and MaMMUT detectors (Shapes World configs).
 
 An image, a folder and an H.264 video in, drawings and detections.json out; boxes in the input's own pixels
-(a 200 x 150 image gives its 128 x 96 resized copy's boxes times 1.5625), labels from the given names (novel
-ones included), frame indices that follow --frame-stride, clear errors naming the file, and pickled objects in
-a checkpoint refused."""
+(a 200 x 150 image gives its 128 x 96 resized copy's boxes times 1.5625; 256 x 192 for MaMMUT, times 1.28),
+labels from the given names (novel ones included), frame indices that follow --frame-stride, clear errors
+naming the file, and pickled objects in a checkpoint refused. MaMMUT: the names are embedded once at start-up
+(the cache serves the images), its two-stage test_cfg gets the score threshold and --max-dets, --chunked-size
+(FIBER's) is refused, and names that embed to NaN are refused before any input is read."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from toolkit.registry import MODELS, TRANSFORMS
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / 'configs/fiber/fiber_swin-tiny-roberta-tiny_fpn-dyhead_1xb16-24e_shapes-ov.py')
+MAMMUT_CONFIG = REPO / 'configs/mammut/mammut_vit-tiny-dec4_sfp-rcnn_1xb16-12e_shapes-ov.py'
 BASE = ('red circle', 'blue square', 'green triangle')  # base categories of Shapes World
 NOVEL = ('red triangle', 'purple circle')  # never in a training prompt (the ov split's novel names)
 
@@ -51,6 +54,22 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         dict(meta=dict(epoch=1, iter=2, seed=0, dataset_meta=dict(classes=BASE)), state_dict=state), path
     )
     return path
+
+
+@pytest.fixture(scope='module')
+def mammut(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny MaMMUT detector config with no pretrained MaMMUT (its work_dirs checkpoint is not in the
+    repository) and a random-init checkpoint of it in tools/train.py's format."""
+    folder = tmp_path_factory.mktemp('mammut')
+    config = folder / 'mammut_tiny_random.py'
+    config.write_text(f'_base_ = [{str(MAMMUT_CONFIG)!r}]\nmodel = dict(pretrained=None)\n')
+    torch.manual_seed(0)
+    model = MODELS.build(Config.fromfile(str(config)).model)
+    model.init_weights()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    checkpoint = folder / 'epoch_1.pth'
+    torch.save(dict(meta=dict(epoch=1, dataset_meta=dict(classes=BASE)), state_dict=state), checkpoint)
+    return config, checkpoint
 
 
 def _shapes(width: int, height: int, seed: int) -> np.ndarray:
@@ -93,8 +112,10 @@ def _decode_video(path: Path) -> tuple[str, float, list[np.ndarray]]:
         return stream.codec_context.name, float(stream.average_rate), frames
 
 
-def _args(source: Path, out: Path, checkpoint: Path, texts: str, *extra: str) -> list[str]:
-    return [str(source), '--texts', texts, '--config', CONFIG, '--checkpoint', str(checkpoint),
+def _args(
+    source: Path, out: Path, checkpoint: Path, texts: str, *extra: str, config: str | Path = CONFIG
+) -> list[str]:
+    return [str(source), '--texts', texts, '--config', str(config), '--checkpoint', str(checkpoint),
             '--out', str(out), '--score-thr', '0', *extra]  # fmt: skip
 
 
@@ -201,4 +222,94 @@ def test_a_checkpoint_with_a_pickled_object_is_refused(tmp_path: Path, checkpoin
     torch.save(state, unsafe)
     with pytest.raises(UnsafeCheckpointError, match=r'unsafe\.pth.*json\.dumps'):
         demo.main(_args(image, tmp_path / 'out', checkpoint=unsafe, texts='red circle'))
+    assert not (tmp_path / 'out').exists()  # refused before anything was written
+
+
+# ---------------------------------------------------------------------------------------------- MaMMUT
+def test_mammut_single_image_with_novel_names(tmp_path: Path, mammut: tuple[Path, Path]) -> None:
+    config, checkpoint = mammut
+    image = _save(tmp_path / 'scene.png', _shapes(128, 128, seed=6))  # detected at 256 x 256
+    out = tmp_path / 'out'
+    args = _args(image, out, checkpoint, 'red triangle . purple circle', '--max-dets', '5', config=config)
+    output = demo.main(args)
+    saved = json.loads((out / 'detections.json').read_text())
+    assert saved == json.loads(json.dumps(output)) and saved['names'] == list(NOVEL)
+    assert saved['config'] == str(config) and saved['skipped'] == []
+    assert [r['file'] for r in saved['results']] == [str(image)] and 'frame' not in saved['results'][0]
+    assert len(saved['results'][0]['detections']) == 5
+    _check_detections(saved['results'][0], NOVEL, 128, 128)
+    assert mmcv.imread(str(out / 'vis/scene.jpg')).shape == (128, 128, 3)
+
+
+def test_mammut_folder_boxes_in_original_pixels(tmp_path: Path, mammut: tuple[Path, Path]) -> None:
+    config, checkpoint = mammut
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    names = BASE + NOVEL
+    _save(folder / 'a_square.png', _shapes(128, 128, seed=7))
+    wide = _shapes(200, 150, seed=8)
+    _save(folder / 'b_wide.png', wide)
+    # The 256 x 192 image the test pipeline makes of b_wide.png (detection size 256): the same pixels.
+    resized = TRANSFORMS.build(dict(type='Resize', scale=(256, 256), keep_ratio=True))(
+        dict(img=wide[..., ::-1])
+    )
+    assert resized['img'].shape == (192, 256, 3)
+    mmcv.imwrite(resized['img'], str(folder / 'c_small.png'))
+    (folder / 'd_broken.png').write_bytes(b'\x89PNG\r\n\x1a\n not really a png')
+
+    out = tmp_path / 'out'
+    args = _args(folder, out, checkpoint, ', '.join(names), '--skip-bad', '--max-dets', '8', config=config)
+    saved = demo.main(args)
+    assert saved == json.loads((out / 'detections.json').read_text()) and saved['names'] == list(names)
+    assert [Path(s['file']).name for s in saved['skipped']] == ['d_broken.png']
+    by_name = {Path(r['file']).name: r for r in saved['results']}
+    assert list(by_name) == ['a_square.png', 'b_wide.png', 'c_small.png']
+    sizes = {'a_square.png': (128, 128), 'b_wide.png': (200, 150), 'c_small.png': (256, 192)}
+    for name, (width, height) in sizes.items():
+        _check_detections(by_name[name], names, width, height)
+        assert len(by_name[name]['detections']) == 8
+        assert mmcv.imread(str(out / 'vis' / name.replace('.png', '.jpg'))).shape == (height, width, 3)
+    # Boxes are mapped back to the input's pixels: 200 x 150 was seen at 256 x 192 (scale 1.28).
+    big, small = by_name['b_wide.png']['detections'], by_name['c_small.png']['detections']
+    assert [d['label'] for d in big] == [d['label'] for d in small]
+    np.testing.assert_allclose([d['score'] for d in big], [d['score'] for d in small], atol=1e-4)
+    np.testing.assert_allclose(
+        [d['bbox'] for d in big], [[v / 1.28 for v in d['bbox']] for d in small], atol=0.05
+    )
+
+
+def test_mammut_names_embedded_once_and_two_stage_test_cfg(mammut: tuple[Path, Path]) -> None:
+    config, checkpoint = mammut
+    names = BASE + NOVEL
+    detector = demo.OVDetector(
+        config=str(config), checkpoint=str(checkpoint), names=names, score_thr=0.0002, max_dets=3
+    )
+    model = detector.model
+    assert type(model).__name__ == 'MaMMUTDetector' and 'chunked_size' not in model.test_cfg
+    assert model.test_cfg.rcnn.score_thr == 0.0002  # min(config's 0.001, --score-thr)
+    assert model.test_cfg.rcnn.max_per_img == 3 and model.test_cfg.rpn.max_per_img == 100
+    assert model.text_passes == 1 and set(model._txt_cache) == set(names)  # embedded at start-up
+    images = [_shapes(96, 64, seed=9)[..., ::-1], _shapes(64, 64, seed=10)[..., ::-1]]
+    detections = detector(images)
+    assert model.text_passes == 1  # the images used the cached embeddings
+    for dets, (height, width) in zip(detections, [(64, 96), (64, 64)], strict=True):
+        _check_detections(dict(file='array', detections=dets), names, width, height)
+        assert len(dets) <= 3 and all(d['score'] >= 0.0002 for d in dets)
+
+
+def test_mammut_refuses_chunked_size_and_nan_embeddings(tmp_path: Path, mammut: tuple[Path, Path]) -> None:
+    config, checkpoint = mammut
+    image = _save(tmp_path / 'scene.png', _shapes(64, 64, seed=11))
+    with pytest.raises(demo.DemoInputError, match=r'--chunked-size applies to FIBER.*MaMMUTDetector'):
+        demo.main(
+            _args(image, tmp_path / 'out', checkpoint, 'red circle', '--chunked-size', '2', config=config)
+        )
+    state = torch.load(checkpoint, weights_only=True)
+    state['state_dict']['vlm.text_decoder.text_proj.weight'][0, 0] = float('nan')
+    broken = tmp_path / 'nan.pth'
+    torch.save(state, broken)
+    with pytest.raises(
+        demo.DemoInputError, match=r"names \['red circle', 'red triangle'\].*non-finite.*nan\.pth"
+    ):
+        demo.main(_args(image, tmp_path / 'out', broken, 'red circle . red triangle', config=config))
     assert not (tmp_path / 'out').exists()  # refused before anything was written

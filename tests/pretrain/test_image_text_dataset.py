@@ -124,3 +124,34 @@ def test_flip_swaps_sides_in_text_and_mirrors_image() -> None:
     assert out['captions'] == ['bright light: right', 'leftover left']  # whole words only
     keep = TRANSFORMS.build(dict(type='RandomFlipCaption', prob=0.0))
     assert keep(dict(img=img.copy(), text='left'))['text'] == 'left'
+
+
+def test_swap_word_negative_changes_one_word_of_a_group_and_fixes_the_article() -> None:
+    from toolkit.registry import TRANSFORMS
+
+    shapes = ['circle', 'square', 'star']
+    colours = ['red', 'orange', 'blue']
+    swap = TRANSFORMS.build(dict(type='SwapWordNegative', groups=[shapes, colours]))
+    random.seed(0)
+    seen = set()
+    for _ in range(60):
+        out = swap(dict(text='an orange circle left of a blue star'))
+        words, negative = 'an orange circle left of a blue star'.split(), out['negative_text'].split()
+        assert out['swapped_words'] == 1 and len(negative) == len(words)
+        changed = [(a, b) for a, b in zip(words, negative, strict=True) if a != b and a not in ('a', 'an')]
+        assert len(changed) == 1
+        old, new = changed[0]
+        assert {old, new} <= set(shapes) or {old, new} <= set(colours)
+        if new in colours:  # 'an red' never appears
+            article = negative[negative.index(new) - 1]
+            assert (article == 'an') == (new[0] in 'aeiou')
+        seen.add(old)
+    assert seen == {'orange', 'circle', 'blue', 'star'}  # every occurrence can be the swapped one
+    out = swap(dict(text='nothing to swap'))
+    assert out['negative_text'] == 'swap to nothing' and out['swapped_words'] == 0
+    with pytest.raises(ValueError, match='two different words'):
+        TRANSFORMS.build(dict(type='SwapWordNegative', groups=[['circle']]))
+    with pytest.raises(ValueError, match="'red' is in two groups"):
+        TRANSFORMS.build(dict(type='SwapWordNegative', groups=[['red', 'blue'], ['red', 'star']]))
+    with pytest.raises(KeyError, match='SampleCaption'):
+        swap(dict(captions=['a red star']))

@@ -205,3 +205,24 @@ def test_distributed_gather_matches_single_process():
             torch.testing.assert_close(
                 torch.tensor(results[rank][name][2]), 2 * txt_full.grad[rows], atol=1e-5, rtol=1e-4
             )
+
+
+def test_hard_negative_texts_add_image_to_text_columns():
+    img, txt = _embeddings(batch=3, dim=4)
+    _, neg = _embeddings(batch=3, dim=4, seed=1)
+    scale = 5.0
+    logits_i2t, logits_t2i, labels = contrastive_logits(img, txt, scale, -1.0, neg_txt_emb=neg)
+    assert logits_i2t.shape == (3, 6) and logits_t2i.shape == (3, 3)
+    torch.testing.assert_close(logits_i2t[:, 3:], scale * img @ neg.t() - 1.0)
+    assert labels.tolist() == [0, 1, 2]
+    # InfoNCE: the negatives join each image's softmax.
+    sim = scale * img @ torch.cat([txt, neg]).t()
+    i2t = F.cross_entropy(sim, labels)
+    t2i = F.cross_entropy(scale * txt @ img.t(), labels)
+    loss = InfoNCELoss()(img, txt, torch.tensor(scale), neg_txt_emb=neg)
+    torch.testing.assert_close(loss, 0.5 * (i2t + t2i))
+    # Focal: a negative that matches its image closely costs more than a far one.
+    near = FocalContrastiveLoss(gamma=1.0)(img, txt, scale, -1.0, neg_txt_emb=img)
+    far = FocalContrastiveLoss(gamma=1.0)(img, txt, scale, -1.0, neg_txt_emb=-img)
+    plain = FocalContrastiveLoss(gamma=1.0)(img, txt, scale, -1.0)
+    assert near > far > plain

