@@ -65,6 +65,36 @@ def _detector_step(model_cfg: dict) -> None:
     optim.step()
 
 
+def _mammut_detector_step(model_cfg: dict) -> None:
+    """The MaMMUT detector with its vlm reduced, 32-channel neck and heads, no pretrained file, one step."""
+    model_cfg['vlm'] = _reduce(model_cfg['vlm'])
+    model_cfg.update(pretrained=None)
+    if isinstance((model_cfg.get('ensemble') or {}).get('base_names'), str):  # a split file under data/
+        model_cfg['ensemble']['base_names'] = ['red circle']
+    model_cfg['neck'].update(out_channels=32)
+    model_cfg['rpn_head'].update(in_channels=32, feat_channels=32)
+    model_cfg['roi_head']['bbox_roi_extractor'].update(out_channels=32)
+    model_cfg['roi_head']['bbox_head'].update(in_channels=32, fc_out_channels=64)
+    model = MODELS.build(model_cfg)
+    model.init_weights()
+    images = [torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8) for _ in range(2)]
+    samples = [
+        DetDataSample(metainfo=dict(text=('red circle', 'blue square', 'green star'), img_shape=(64, 64)))
+        for _ in range(2)
+    ]
+    for sample, label in zip(samples, (0, 2), strict=True):
+        sample.gt_instances = InstanceData(
+            bboxes=torch.tensor([[8.0, 10.0, 40.0, 44.0]]), labels=torch.tensor([label])
+        )
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    data = model.data_preprocessor(dict(inputs=images, data_samples=samples), training=True)
+    losses = model(**data, mode='loss')
+    total, _ = model.parse_losses(losses)  # the RPN's losses are lists (one entry a level)
+    assert torch.isfinite(total) and losses['loss_cls'] > 0
+    total.backward()
+    optim.step()
+
+
 def _fiber_pretrain_step(model_cfg: dict) -> None:
     tiny = Config.fromfile(str(TINY_FIBER)).model
     model_cfg.update(backbone=tiny.backbone.to_dict(), tokenizer=tiny.tokenizer.to_dict())
@@ -89,9 +119,14 @@ def test_config_builds_and_trains_one_step(path: Path) -> None:
     assert cfg.default_scope == 'toolkit'
     for split in ('train', 'val', 'test'):
         dataset = cfg[f'{split}_dataloader']['dataset']
+        if 'dataset' in dataset:  # a wrapper (ClassBalancedDataset, RepeatDataset)
+            dataset = dataset['dataset']
         for part in dataset.get('datasets', [dataset]):  # a ConcatDataset: each part has its own root
             assert 'data_root' in part
     torch.manual_seed(0)
+    if cfg.model.type == 'MaMMUTDetector':
+        _mammut_detector_step(cfg.model.to_dict())
+        return
     if 'bbox_head' in cfg.model:  # a detector (FIBER)
         _detector_step(cfg.model.to_dict())
         return

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from mmdet.models.detectors import TwoStageDetector
 from mmdet.structures import SampleList
 from mmdet.structures.bbox import bbox2roi
+from mmengine.config import ConfigDict
 from mmengine.model import BaseModule
 from einops import rearrange
 from torch import Tensor
@@ -139,6 +140,9 @@ class MaMMUTDetector(TwoStageDetector):
         neck = {'in_channels': int(backbone['encoder']['embed_dim']), **neck}
         bbox_head = {'embed_dim': int(vlm['embed_dim']), **roi_head['bbox_head']}
         roi_head = {**roi_head, 'bbox_head': bbox_head}
+        # mmdet reads the stage configs by attribute (train_cfg.rpn): plain dicts from Python work too.
+        train_cfg = ConfigDict(train_cfg) if train_cfg is not None else None
+        test_cfg = ConfigDict(test_cfg) if test_cfg is not None else None
         super().__init__(
             backbone=backbone,
             neck=neck,

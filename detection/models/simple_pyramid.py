@@ -24,10 +24,14 @@ __all__ = ['ChannelLayerNorm', 'SimpleFeaturePyramid']
 
 
 class ChannelLayerNorm(nn.LayerNorm):
-    """LayerNorm over the channels of a (B, C, H, W) map."""
+    """LayerNorm over the channels of a (B, C, H, W) map; the output is contiguous (B, C, H, W).
+
+    The permuted-back result would otherwise keep a channels-last memory layout, which mmcv's CPU
+    ``RoIAlign`` (mmcv 2.1) reads as if it were contiguous: every RoI feature comes out scrambled.
+    """
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
 
 
 def _rescale(in_channels: int, factor: float) -> tuple[nn.Module, int]:
@@ -97,4 +101,4 @@ class SimpleFeaturePyramid(BaseModule):
         outs = [branch(img_map) for branch in self.branches]
         for _ in range(self.extra_pool):
             outs.append(F.max_pool2d(outs[-1], kernel_size=1, stride=2))
-        return tuple(outs)
+        return tuple(out.contiguous() for out in outs)  # see ChannelLayerNorm: RoIAlign needs it

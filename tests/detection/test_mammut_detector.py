@@ -71,6 +71,22 @@ def test_simple_feature_pyramid_levels() -> None:
         SimpleFeaturePyramid(in_channels=32, out_channels=16, scale_factors=(3.0,))
 
 
+
+def test_pyramid_maps_are_contiguous_so_mmcv_roi_align_reads_them_right() -> None:
+    """mmcv 2.1's CPU RoIAlign ignores strides: a channels-last map gives scrambled RoI features (the bug
+    that kept the detector's classifier at chance). The pyramid hands out contiguous maps."""
+    from mmcv.ops import RoIAlign
+    from torchvision.ops import roi_align
+
+    neck = SimpleFeaturePyramid(in_channels=32, out_channels=16, scale_factors=(2.0, 1.0, 0.5), extra_pool=1)
+    rois = torch.tensor([[0.0, 4.0, 6.0, 60.0, 50.0], [1.0, 20.0, 2.0, 40.0, 30.0], [1.0, 0.0, 0.0, 64.0, 64.0]])
+    for level, img_map in enumerate(neck([torch.randn(2, 32, 8, 8)])):
+        assert img_map.is_contiguous()
+        scale = img_map.shape[-1] / 64
+        ours = RoIAlign(7, spatial_scale=scale, sampling_ratio=0, aligned=True)(img_map, rois)
+        reference = roi_align(img_map, rois, 7, spatial_scale=scale, sampling_ratio=0, aligned=True)
+        torch.testing.assert_close(ours, reference, msg=f'level {level}')
+
 def test_softmax_focal_loss_is_cross_entropy_at_gamma_0_and_down_weights_easy_examples() -> None:
     logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, -1.0]])
     labels = torch.tensor([0, 1, 2])
