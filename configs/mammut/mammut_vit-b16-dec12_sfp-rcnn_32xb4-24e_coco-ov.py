@@ -22,8 +22,13 @@ train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='RandomResize', scale=(det_size, det_size), ratio_range=(0.1, 2.0), keep_ratio=True),  # LSJ
-    dict(type='RandomCrop', crop_type='absolute_range', crop_size=(det_size, det_size), recompute_bbox=True,
-         allow_negative_crop=True),  # fmt: skip
+    dict(
+        type='RandomCrop',
+        crop_type='absolute_range',
+        crop_size=(det_size, det_size),
+        recompute_bbox=True,
+        allow_negative_crop=True,
+    ),  # fmt: skip
     dict(type='FilterAnnotations', min_gt_bbox_wh=(1e-2, 1e-2)),
     dict(type='RandomFlip', prob=0.5),
     dict(type='Pad', size=(det_size, det_size)),
@@ -49,8 +54,14 @@ optim_wrapper = dict(
 )
 param_scheduler = [  # a list replaces the base schedule whole
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=1000),
-    dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=max_epochs, eta_min=0.0,
-         convert_to_iter_based=True),  # fmt: skip
+    dict(
+        type='CosineAnnealingLR',
+        by_epoch=True,
+        begin=0,
+        end=max_epochs,
+        eta_min=0.0,
+        convert_to_iter_based=True,
+    ),  # fmt: skip
 ]
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 auto_scale_lr = dict(base_batch_size=128)

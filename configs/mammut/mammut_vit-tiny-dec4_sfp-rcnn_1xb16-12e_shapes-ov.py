@@ -12,7 +12,13 @@ det_size = 256  # images (128 px as generated) are up-sampled 2x: a 16 x 16 patc
 model = dict(
     vlm=dict(  # must equal the pretraining config's model
         image_encoder=dict(
-            img_size=128, patch_size=16, patch_stem='conv', embed_dim=192, depth=4, num_heads=3, detection_grid=16
+            img_size=128,
+            patch_size=16,
+            patch_stem='conv',
+            embed_dim=192,
+            depth=4,
+            num_heads=3,
+            detection_grid=16,
         ),
         text_decoder=dict(width=192, depth=4, num_heads=3),
         tokenizer=dict(
@@ -41,7 +47,9 @@ model = dict(
     ),
     train_cfg=dict(
         rpn_proposal=dict(nms_pre=500, max_per_img=200),  # 1-4 shapes an image
-        rcnn=dict(sampler=dict(num=64)),  # RoIs an image (a quarter positive): RoIAlign's CPU backward is slow
+        rcnn=dict(
+            sampler=dict(num=64)
+        ),  # RoIs an image (a quarter positive): RoIAlign's CPU backward is slow
     ),
     test_cfg=dict(rpn=dict(max_per_img=100), rcnn=dict(max_per_img=100)),
 )
@@ -51,7 +59,9 @@ train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='RandomResize', scale=(det_size, det_size), ratio_range=(0.8, 1.2), keep_ratio=True),  # +-20 %
-    dict(type='RandomCrop', crop_size=(det_size, det_size)),  # a fixed 16 x 16 grid, as pretraining sees 8 x 8
+    dict(
+        type='RandomCrop', crop_size=(det_size, det_size)
+    ),  # a fixed 16 x 16 grid, as pretraining sees 8 x 8
     dict(type='RandomFlip', prob=0.5),
     dict(type='Pad', size=(det_size, det_size)),
     dict(type='PackDetInputs', meta_keys=meta_keys),

@@ -5,9 +5,9 @@ Papers: Kuo et al., "MaMMUT: A Simple Architecture for Joint Learning for MultiM
 Sec. 4.3 (open-vocabulary detection on the MaMMUT image encoder, following RO-ViT); Kim et al., "Region-Aware
 Pretraining for Open-Vocabulary Object Detection with Vision Transformers" (RO-ViT), CVPR 2023, Sec. 3.1
 (cropped positional embeddings in pretraining, full up-sampled embeddings at detection size) and Sec. 3.3
-(detector: ViTDet's simple pyramid, Mask R-CNN heads with class-agnostic boxes, text-embedding classifier with a
-background embedding trained on base categories with focal loss, and the ensemble with the pretrained model's
-scores at test time).
+(detector: ViTDet's simple pyramid, Mask R-CNN heads with class-agnostic boxes, text-embedding classifier
+with a background embedding trained on base categories with focal loss, and the ensemble with the pretrained
+model's scores at test time).
 
 Parts:
 
@@ -41,12 +41,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from mmdet.models.detectors import TwoStageDetector
 from mmdet.structures import SampleList
 from mmdet.structures.bbox import bbox2roi
 from mmengine.config import ConfigDict
 from mmengine.model import BaseModule
-from einops import rearrange
 from torch import Tensor
 from torchvision.ops import roi_align
 
@@ -61,7 +61,7 @@ _ENSEMBLE_KEYS = {'alpha', 'beta', 'base_names', 'region', 'crop_scale', 'crop_b
 
 
 def format_name(template: str, name: str) -> str:
-    """``template`` with ``{}`` replaced by ``name``; ``a`` before a vowel becomes ``an`` ('an orange circle')."""
+    """``template`` with ``{}`` replaced by ``name``; ``a`` before a vowel becomes ``an`` ('an orange')."""
     return _ARTICLE.sub(r'\1n ', template.format(name))
 
 
@@ -111,8 +111,9 @@ class MaMMUTDetector(TwoStageDetector):
         freeze_backbone: keep the pretrained ViT fixed and train the neck and heads only (F-VLM, Kuo et al.,
             ICLR 2023): the detector's features are then exactly the pretrained ones.
         ensemble: ``dict(alpha=..., beta=..., base_names=[...] or an ov_split JSON path,
-            region='roi_align' | 'crop', crop_scale=1.0, crop_batch=256, temperature=None)`` to blend crop embeddings of the proposals at test time
-            (names outside ``base_names`` get ``beta``); ``None``: off.
+            region='roi_align' | 'crop', crop_scale=1.0, crop_batch=256, temperature=None)`` to blend
+            the proposals' region embeddings in at test time (names outside ``base_names`` get ``beta``);
+            ``None``: off.
         train_cfg / test_cfg: mmdet two-stage configs (``rpn``, ``rpn_proposal``, ``rcnn``).
         data_preprocessor: mmdet ``DetDataPreprocessor`` config (MaMMUT's mean/std).
         init_cfg: mmengine init config.
@@ -235,7 +236,9 @@ class MaMMUTDetector(TwoStageDetector):
         new = [name for name in dict.fromkeys(names) if name not in self._txt_cache]
         if new:
             texts = [format_name(template, name) for name in new for template in self.templates]
-            chunks = [self.vlm.encode_text(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+            chunks = [
+                self.vlm.encode_text(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)
+            ]
             txt_emb = torch.cat(chunks).float().view(len(new), len(self.templates), -1).mean(dim=1)
             for name, emb in zip(new, F.normalize(txt_emb, dim=-1), strict=True):
                 self._txt_cache[name] = emb
@@ -272,7 +275,8 @@ class MaMMUTDetector(TwoStageDetector):
         results: list[Any] = [None] * len(batch_data_samples)
         for names, indices in groups.items():
             samples = [batch_data_samples[i] for i in indices]
-            for i, detections in zip(indices, self._predict_group(batch_inputs[indices], samples, names, rescale)):
+            detections_list = self._predict_group(batch_inputs[indices], samples, names, rescale)
+            for i, detections in zip(indices, detections_list, strict=True):
                 detections.label_names = [names[label] for label in detections.labels.tolist()]
                 results[i] = detections
         return self.add_pred_to_datasample(batch_data_samples, results)
@@ -299,7 +303,7 @@ class MaMMUTDetector(TwoStageDetector):
             rescale=rescale,
         )
 
-    # ------------------------------------------------------------------------------------------------ ensemble
+    # ---------------------------------------------------------------------------------------------- ensemble
     @torch.no_grad()
     def region_embeddings(self, images: Tensor, rois: Tensor) -> Tensor:
         """The frozen MaMMUT's image embeddings (K, E) of the regions ``rois`` (K, 5) of ``images``.
@@ -317,7 +321,9 @@ class MaMMUTDetector(TwoStageDetector):
         region = cfg.get('region', 'roi_align')
         if region == 'roi_align':
             img_map = encoder.feature_maps(images)[0].float()  # (B, D, H / p, W / p)
-            pooled = roi_align(img_map, rois.float(), output_size=grid, spatial_scale=1.0 / patch, aligned=True)
+            pooled = roi_align(
+                img_map, rois.float(), output_size=grid, spatial_scale=1.0 / patch, aligned=True
+            )
             return self.vlm.image_embedding(rearrange(pooled, 'k d h w -> k (h w) d')).float()
         if region != 'crop':
             raise ValueError(f"MaMMUTDetector: ensemble region must be 'roi_align' or 'crop', got {region!r}")

@@ -84,15 +84,16 @@ class TextEmbeddingBBoxHead(Shared2FCBBoxHead):
             ``logit_scale_max``.
         logit_scale_max: upper clamp of the scale.
         text_whitening: whiten the text embeddings with the statistics of the first vocabulary the head is
-            given (in training: the base names), ``(t - mean) @ W`` re-normalised, ``W = (cov + eps I)^-1/2``
-            with ``eps = text_whitening x`` the top eigenvalue; ``None``: off. The statistics are buffers (saved
-            with the model) and are never refitted, so novel names go through the base names' map. For a weak
-            text model whose name embeddings spread over few directions (the tiny Shapes World MaMMUT: colour
-            spans the top 5 directions, shape the next ~10 at 1-10 % of the top singular value), it puts
-            every direction the base names vary along on an equal footing. Off in RO-ViT.
-        text_adapter: learn a residual linear map of the text embeddings, ``t + W t`` re-normalised, with ``W``
-            starting at zero (weight decay pulls it back to the identity map). For a weak text model whose
-            name embeddings differ by little (the tiny Shapes World MaMMUT: same-colour names at cosine
+            given (in training: the base names), ``(t - mean) @ W`` re-normalised,
+            ``W = (cov + eps I)^-1/2`` with ``eps = text_whitening x`` the top eigenvalue; ``None``: off. The
+            statistics are buffers (saved with the model) and are never refitted, so novel names go through
+            the base names' map. For a weak text model whose name embeddings spread over few directions (the
+            tiny Shapes World MaMMUT: colour spans the top 5 directions, shape the next ~10 at 1-10 % of the
+            top singular value), it puts every direction the base names vary along on an equal footing. Off
+            in RO-ViT.
+        text_adapter: learn a residual linear map of the text embeddings, ``t + W t`` re-normalised, with
+            ``W`` starting at zero (weight decay pulls it back to the identity map). For a weak text model
+            whose name embeddings differ by little (the tiny Shapes World MaMMUT: same-colour names at cosine
             0.97-0.999), it can stretch the directions that tell base names apart; being one linear map, it
             applies to novel names too. Off in RO-ViT (frozen text embeddings).
         kwargs: ``Shared2FCBBoxHead``'s (``in_channels``, ``fc_out_channels``, ``roi_feat_size``,
@@ -124,7 +125,9 @@ class TextEmbeddingBBoxHead(Shared2FCBBoxHead):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale_init)))
         self.logit_scale_max = float(logit_scale_max)
         if text_whitening is not None and not text_whitening > 0:
-            raise ValueError(f'TextEmbeddingBBoxHead: text_whitening must be > 0 or None, got {text_whitening}')
+            raise ValueError(
+                f'TextEmbeddingBBoxHead: text_whitening must be > 0 or None, got {text_whitening}'
+            )
         self.text_whitening = text_whitening
         self.register_buffer('txt_mean', torch.zeros(self.embed_dim))
         self.register_buffer('txt_whiten', torch.eye(self.embed_dim))
@@ -140,7 +143,8 @@ class TextEmbeddingBBoxHead(Shared2FCBBoxHead):
         whitening on it if that is on and not fitted yet)."""
         if txt_emb.dim() != 2 or txt_emb.shape[1] != self.embed_dim:
             raise ValueError(
-                f'TextEmbeddingBBoxHead: text embeddings must be (C, {self.embed_dim}), got {tuple(txt_emb.shape)}'
+                f'TextEmbeddingBBoxHead: text embeddings must be (C, {self.embed_dim}), '
+                f'got {tuple(txt_emb.shape)}'
             )
         if self.text_whitening is not None and not bool(self.whitening_fitted):
             self.fit_text_whitening(txt_emb)
@@ -206,7 +210,9 @@ class TextEmbeddingBBoxHead(Shared2FCBBoxHead):
         them with other scores): decode, clip, rescale to the original image, per-class NMS.
         """
         results = []
-        for image_rois, image_probs, deltas, meta in zip(rois, probs, bbox_preds, batch_img_metas, strict=True):
+        for image_rois, image_probs, deltas, meta in zip(
+            rois, probs, bbox_preds, batch_img_metas, strict=True
+        ):
             result = InstanceData()
             if image_rois.shape[0] == 0:
                 result.bboxes = image_rois.new_zeros((0, 4))

@@ -88,8 +88,8 @@ class SwapWordNegative(BaseTransform):
             of any group word is drawn uniformly (Python's seeded RNG) and replaced by another word of its
             group, drawn uniformly.
 
-    The English article before the new word is fixed ('an orange' -> 'a red'), so that grammar does not give the
-    negative away. A text with no group word gets its words in reversed order instead (NegCLIP's order
+    The English article before the new word is fixed ('an orange' -> 'a red'), so that grammar does not give
+    the negative away. A text with no group word gets its words in reversed order instead (NegCLIP's order
     perturbation); ``swapped_words`` (0 or 1) records which happened.
     """
 
@@ -103,7 +103,9 @@ class SwapWordNegative(BaseTransform):
                 if word in self.group_of:
                     raise ValueError(f'SwapWordNegative: {word!r} is in two groups')
                 self.group_of[word] = index
-        self.pattern = re.compile(r'\b(' + '|'.join(map(re.escape, sorted(self.group_of, key=len)[::-1])) + r')\b')
+        self.pattern = re.compile(
+            r'\b(' + '|'.join(map(re.escape, sorted(self.group_of, key=len)[::-1])) + r')\b'
+        )
 
     def negative(self, text: str) -> tuple[str, int]:
         matches = list(self.pattern.finditer(text))
@@ -130,8 +132,8 @@ class PackImageTextInputs(BaseTransform):
     """Pack an image (H, W, C) uint8 array and its text into ``inputs`` (C, H, W) and a data sample.
 
     The data sample carries ``text`` (the training caption, when sampled), ``negative_text`` (a hard
-    negative caption, when made), ``gt_captions`` (all references) and the meta keys (``img_id``, ``img_path``,
-    ``ori_shape``, ``img_shape`` by default).
+    negative caption, when made), ``gt_captions`` (all references) and the meta keys (``img_id``,
+    ``img_path``, ``ori_shape``, ``img_shape`` by default).
     """
 
     def __init__(

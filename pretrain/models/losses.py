@@ -137,7 +137,9 @@ class FocalContrastiveLoss(nn.Module):
         logit_bias: Tensor | float | None = None,
         neg_txt_emb: Tensor | None = None,
     ) -> Tensor:
-        logits_i2t, logits_t2i, labels = contrastive_logits(img_emb, txt_emb, logit_scale, logit_bias, neg_txt_emb)
+        logits_i2t, logits_t2i, labels = contrastive_logits(
+            img_emb, txt_emb, logit_scale, logit_bias, neg_txt_emb
+        )
         loss = 0.5 * (self.loss_from_logits(logits_i2t, labels) + self.loss_from_logits(logits_t2i, labels))
         return self.loss_weight * loss
 

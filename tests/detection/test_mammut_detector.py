@@ -63,13 +63,14 @@ def _batch(model, samples: list[DetDataSample], size: int = 64, training: bool =
 
 # ------------------------------------------------------------------------------------------------ parts
 def test_simple_feature_pyramid_levels() -> None:
-    neck = SimpleFeaturePyramid(in_channels=32, out_channels=16, scale_factors=(4.0, 2.0, 1.0, 0.5), extra_pool=1)
+    neck = SimpleFeaturePyramid(
+        in_channels=32, out_channels=16, scale_factors=(4.0, 2.0, 1.0, 0.5), extra_pool=1
+    )
     outs = neck([torch.randn(2, 32, 8, 8)])
     assert [tuple(o.shape) for o in outs] == [(2, 16, 32, 32), (2, 16, 16, 16), (2, 16, 8, 8), (2, 16, 4, 4),
                                               (2, 16, 2, 2)]  # fmt: skip
     with pytest.raises(ValueError, match='scale factor 3'):
         SimpleFeaturePyramid(in_channels=32, out_channels=16, scale_factors=(3.0,))
-
 
 
 def test_pyramid_maps_are_contiguous_so_mmcv_roi_align_reads_them_right() -> None:
@@ -79,13 +80,16 @@ def test_pyramid_maps_are_contiguous_so_mmcv_roi_align_reads_them_right() -> Non
     from torchvision.ops import roi_align
 
     neck = SimpleFeaturePyramid(in_channels=32, out_channels=16, scale_factors=(2.0, 1.0, 0.5), extra_pool=1)
-    rois = torch.tensor([[0.0, 4.0, 6.0, 60.0, 50.0], [1.0, 20.0, 2.0, 40.0, 30.0], [1.0, 0.0, 0.0, 64.0, 64.0]])
+    rois = torch.tensor(
+        [[0.0, 4.0, 6.0, 60.0, 50.0], [1.0, 20.0, 2.0, 40.0, 30.0], [1.0, 0.0, 0.0, 64.0, 64.0]]
+    )
     for level, img_map in enumerate(neck([torch.randn(2, 32, 8, 8)])):
         assert img_map.is_contiguous()
         scale = img_map.shape[-1] / 64
         ours = RoIAlign(7, spatial_scale=scale, sampling_ratio=0, aligned=True)(img_map, rois)
         reference = roi_align(img_map, rois, 7, spatial_scale=scale, sampling_ratio=0, aligned=True)
         torch.testing.assert_close(ours, reference, msg=f'level {level}')
+
 
 def test_softmax_focal_loss_is_cross_entropy_at_gamma_0_and_down_weights_easy_examples() -> None:
     logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, -1.0]])
@@ -96,7 +100,9 @@ def test_softmax_focal_loss_is_cross_entropy_at_gamma_0_and_down_weights_easy_ex
     p_t = torch.exp(-ce)
     torch.testing.assert_close(focal, (1 - p_t) ** 2 * ce)
     assert focal[0] / ce[0] < 0.01 < focal[2] / ce[2]  # the easy example counts least
-    weighted = SoftmaxFocalLoss(gamma=2.0)(logits, labels, weight=torch.tensor([1.0, 0.0, 1.0]), avg_factor=2.0)
+    weighted = SoftmaxFocalLoss(gamma=2.0)(
+        logits, labels, weight=torch.tensor([1.0, 0.0, 1.0]), avg_factor=2.0
+    )
     torch.testing.assert_close(weighted, (focal[0] + focal[2]) / 2)
 
 
@@ -142,7 +148,9 @@ def test_novel_names_never_reach_the_training_loss(shapes_tiny: Path) -> None:
     batch = pseudo_collate([dataset[i] for i in range(4)])
     data = model.data_preprocessor(batch, training=True)
     boxes_before = [s.gt_instances.bboxes.clone() for s in data['data_samples']]
-    names_of_boxes = [[s.text[label] for label in s.gt_instances.labels.tolist()] for s in data['data_samples']]
+    names_of_boxes = [
+        [s.text[label] for label in s.gt_instances.labels.tolist()] for s in data['data_samples']
+    ]
     model.train()
     losses = model(**data, mode='loss')
     loss, _ = model.parse_losses(losses)
@@ -207,11 +215,15 @@ def test_text_embeddings_are_computed_once_per_name_and_dropped_on_load() -> Non
         model.predict(data['inputs'], data['data_samples'])
     assert model.text_passes == 1
     # Templates are averaged; new weights drop the cache.
-    state = {k: v + 0.01 * torch.randn_like(v) for k, v in model.state_dict().items() if v.is_floating_point()}
+    state = {
+        k: v + 0.01 * torch.randn_like(v) for k, v in model.state_dict().items() if v.is_floating_point()
+    }
     model.load_state_dict(state, strict=False)
     changed = model.text_embeddings(many[:2])
     assert model.text_passes == 2 and not torch.allclose(changed, first[:2])
-    direct = F.normalize(model.vlm.encode_text([format_name(t, n) for n in many[:2] for t in model.templates]), dim=-1)
+    direct = F.normalize(
+        model.vlm.encode_text([format_name(t, n) for n in many[:2] for t in model.templates]), dim=-1
+    )
     torch.testing.assert_close(changed, direct)
 
 
