@@ -198,7 +198,12 @@ class MaMMUTDetector(TwoStageDetector):
         if self.pretrained is None:
             return
         state_dict = load_state_dict_file(self.pretrained)
-        missing, unexpected = self.vlm.load_state_dict(state_dict, strict=False)
+        try:
+            missing, unexpected = self.vlm.load_state_dict(state_dict, strict=False)
+        except RuntimeError as error:  # a tensor of another shape: another MaMMUT config
+            raise ValueError(
+                f'MaMMUTDetector: {self.pretrained} does not fit the vlm config: {error}'
+            ) from None
         if missing or unexpected:
             raise ValueError(
                 f'MaMMUTDetector: {self.pretrained} is not a checkpoint of this MaMMUT config: '

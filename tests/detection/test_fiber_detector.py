@@ -7,8 +7,6 @@ tools/train.py + tools/test.py run of the Shapes World config."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -351,47 +349,24 @@ def test_training_prompts_of_the_shapes_config_name_base_categories_only(shapes_
     assert len(orders) > 1  # shuffled per sample
 
 
-def _data_options(root: Path) -> list[str]:
-    opts = [f'{split}_dataloader.dataset.data_root={root}/' for split in ('train', 'val', 'test')]
-    opts += [f'val_evaluator.ann_file={root}/annotations/instances_val.json',
-             f'test_evaluator.ann_file={root}/annotations/instances_test.json']  # fmt: skip
-    return opts
-
-
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
 @pytest.mark.slow
-def test_train_two_iterations_and_test_the_shapes_config(shapes_tiny: Path, tmp_path: Path) -> None:
-    small = [
-        'train_dataloader.batch_size=4',
-        'train_dataloader.num_workers=0',
-        'train_dataloader.persistent_workers=False',
-        'train_dataloader.dataset.indices=8',
-        'test_dataloader.num_workers=0',
-        'test_dataloader.persistent_workers=False',
-        'train_cfg.max_epochs=1',
-        'train_cfg.val_interval=10',
-        'default_hooks.logger.interval=1',
-    ]
+def test_train_two_iterations_and_test_the_shapes_config(
+    shapes_tiny: Path, tmp_path: Path, run_tool, det_data_options
+) -> None:
     work = tmp_path / 'work'
-    _run(
+    run_tool(
         'tools/train.py',
         CONFIG,
         '--work-dir',
         str(work),
         '--cfg-options',
-        *_data_options(shapes_tiny),
-        *small,
+        *det_data_options(shapes_tiny, 'train'),
     )
     checkpoint = safe_load(work / 'epoch_1.pth')
     assert checkpoint['meta']['iter'] == 2
     test_dir = tmp_path / 'test'
-    _run('tools/test.py', CONFIG, str(work / 'epoch_1.pth'), '--work-dir', str(test_dir), '--cfg-options',
-         *_data_options(shapes_tiny), *small[4:6], 'model.test_cfg.score_thr=0.0')  # fmt: skip
+    run_tool('tools/test.py', CONFIG, str(work / 'epoch_1.pth'), '--work-dir', str(test_dir), '--cfg-options',
+             *det_data_options(shapes_tiny, 'test'), 'model.test_cfg.score_thr=0.0')  # fmt: skip
     metrics = json.loads((test_dir / 'metrics.json').read_text())
     for key in ('bbox_mAP', 'bbox_mAP_50_base', 'bbox_mAP_50_novel', 'bbox_mAP_base', 'bbox_mAP_novel'):
         assert f'coco/{key}' in metrics, sorted(metrics)

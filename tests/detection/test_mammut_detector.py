@@ -7,8 +7,6 @@ and a 2-iteration tools/train.py + tools/test.py run of the Shapes World config.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -109,14 +107,36 @@ def test_softmax_focal_loss_is_cross_entropy_at_gamma_0_and_down_weights_easy_ex
 def test_box_head_scores_regions_by_cosine_against_the_vocabulary_and_a_background() -> None:
     model = _model()
     head = model.roi_head.bbox_head
+    whitening = head.text_whitening  # the Shapes World config whitens; first the plain classifier
+    head.text_whitening = None
     txt_emb = F.normalize(torch.randn(5, head.embed_dim), dim=-1)
     head.set_vocabulary(txt_emb)
     rois = torch.randn(7, head.in_channels, 7, 7)
     cls_score, bbox_pred = head(rois)
     assert cls_score.shape == (7, 6) and bbox_pred.shape == (7, 4) and head.num_classes == 5
     region, _ = head.region_embedding(rois)
-    classes = torch.cat([txt_emb, F.normalize(head.bg_embedding, dim=0)[None]])
+    background = F.normalize(head.bg_embedding, dim=0)[None]
+    classes = torch.cat([txt_emb, background])
     torch.testing.assert_close(cls_score, head.current_logit_scale() * region @ classes.t())
+    # Whitening: fitted once on the first vocabulary (mean and (cov + eps I)^-1/2), kept for the next ones.
+    head.text_whitening = whitening
+    base = F.normalize(torch.randn(40, head.embed_dim) + 3.0, dim=-1)  # crowded around one direction
+    head.set_vocabulary(base)
+    assert bool(head.whitening_fitted)
+    centred = (base - base.mean(0)).double()
+    cov = centred.t() @ centred / 40
+    eigvals, eigvecs = torch.linalg.eigh(cov)
+    expected_w = (
+        eigvecs @ torch.diag((eigvals.clamp(min=0) + whitening * eigvals.max()).rsqrt()) @ eigvecs.t()
+    )
+    torch.testing.assert_close(head.txt_whiten.double(), expected_w, atol=1e-4, rtol=1e-3)
+    head.set_vocabulary(txt_emb)  # a new vocabulary goes through the base names' map
+    torch.testing.assert_close(head.txt_whiten.double(), expected_w, atol=1e-4, rtol=1e-3)
+    whitened = F.normalize((txt_emb - base.mean(0)) @ head.txt_whiten, dim=-1)
+    cls_score, _ = head(rois)
+    torch.testing.assert_close(
+        cls_score, head.current_logit_scale() * region @ torch.cat([whitened, background]).t()
+    )
     with pytest.raises(ValueError, match='text embeddings must be'):
         head.set_vocabulary(torch.randn(5, head.embed_dim + 1))
 
@@ -174,10 +194,14 @@ def test_a_batch_of_different_vocabularies_trains_on_their_union() -> None:
     model = _model().train()
     other = ('black hexagon', 'red circle')
     samples = [_sample([[4, 6, 30, 28]], [2]), _sample([[10, 10, 40, 50]], [0], names=other)]
-    model(**_batch(model, samples), mode='loss')
+    data = _batch(model, samples)
+    model(**data, mode='loss')
     assert model.roi_head.bbox_head.num_classes == 5  # 4 + 'black hexagon'
     union = list(NAMES) + ['black hexagon']
-    assert [union[s.gt_instances.labels.item()] for s in samples] == ['green star', 'black hexagon']
+    assert [union[s.gt_instances.labels.item()] for s in data['data_samples']] == [
+        'green star',
+        'black hexagon',
+    ]
     with pytest.raises(ValueError, match='gt label 7'):
         model(**_batch(model, [_sample([[4, 6, 30, 28]], [7])]), mode='loss')
 
@@ -328,45 +352,23 @@ def test_pretrained_mammut_weights_load_into_the_frozen_model_and_the_backbone(t
 
 
 # ------------------------------------------------------------------------------------------------ tools
-def _data_options(root: Path) -> list[str]:
-    opts = [f'{split}_dataloader.dataset.data_root={root}/' for split in ('train', 'val', 'test')]
-    opts += [f'val_evaluator.ann_file={root}/annotations/instances_val.json',
-             f'test_evaluator.ann_file={root}/annotations/instances_test.json']  # fmt: skip
-    return opts
-
-
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
 @pytest.mark.slow
-def test_train_two_iterations_and_test_the_shapes_config(shapes_tiny: Path, tmp_path: Path) -> None:
+def test_train_two_iterations_and_test_the_shapes_config(
+    shapes_tiny: Path, tmp_path: Path, run_tool, det_data_options
+) -> None:
     """From a (random) MaMMUT pretraining checkpoint, as the config's ``pretrained`` expects."""
     torch.manual_seed(0)
     mammut = MODELS.build(Config.fromfile(str(REPO / PRETRAIN_CONFIG)).model)
     pretrained = tmp_path / 'mammut.pth'
     torch.save({'state_dict': mammut.state_dict()}, pretrained)
-    small = [
-        'train_dataloader.batch_size=4',
-        'train_dataloader.num_workers=0',
-        'train_dataloader.persistent_workers=False',
-        'train_dataloader.dataset.indices=8',
-        'test_dataloader.num_workers=0',
-        'test_dataloader.persistent_workers=False',
-        'train_cfg.max_epochs=1',
-        'train_cfg.val_interval=10',
-        'default_hooks.logger.interval=1',
-    ]
     work = tmp_path / 'work'
-    _run('tools/train.py', CONFIG, '--work-dir', str(work), '--cfg-options', f'model.pretrained={pretrained}',
-         *_data_options(shapes_tiny), *small)  # fmt: skip
+    options = [f'model.pretrained={pretrained}', *det_data_options(shapes_tiny, 'train')]
+    run_tool('tools/train.py', CONFIG, '--work-dir', str(work), '--cfg-options', *options)
     checkpoint = safe_load(work / 'epoch_1.pth')
     assert checkpoint['meta']['iter'] == 2
     test_dir = tmp_path / 'test'
-    _run('tools/test.py', CONFIG, str(work / 'epoch_1.pth'), '--work-dir', str(test_dir), '--cfg-options',
-         'model.pretrained=None', *_data_options(shapes_tiny), *small[4:6])  # fmt: skip
+    run_tool('tools/test.py', CONFIG, str(work / 'epoch_1.pth'), '--work-dir', str(test_dir), '--cfg-options',
+             'model.pretrained=None', *det_data_options(shapes_tiny, 'test'))  # fmt: skip
     metrics = json.loads((test_dir / 'metrics.json').read_text())
     for key in ('bbox_mAP', 'bbox_mAP_50_base', 'bbox_mAP_50_novel', 'bbox_mAP_base', 'bbox_mAP_novel'):
         assert f'coco/{key}' in metrics, sorted(metrics)
