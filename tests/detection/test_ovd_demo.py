@@ -149,20 +149,26 @@ def test_single_image_with_novel_names(tmp_path: Path, checkpoint: Path) -> None
     assert drawn.shape == (128, 128, 3)
 
 
-def test_folder_boxes_in_original_pixels_and_bad_files(tmp_path: Path, checkpoint: Path) -> None:
+def _image_folder(tmp_path: Path, *, size: int, seed: int) -> tuple[Path, np.ndarray]:
+    """``images/``: a square and a wide (200 x 150) image, the wide one as the config's test pipeline resizes
+    it (``size`` the detection size; the network sees the same pixels), a broken PNG. Returns the folder
+    and the wide image (RGB)."""
     folder = tmp_path / 'images'
     folder.mkdir()
-    names = BASE + NOVEL[:1]
-    _save(folder / 'a_square.png', _shapes(128, 128, seed=2))
-    wide = _shapes(200, 150, seed=3)
+    _save(folder / 'a_square.png', _shapes(128, 128, seed=seed))
+    wide = _shapes(200, 150, seed=seed + 1)
     _save(folder / 'b_wide.png', wide)
-    # The 128 x 96 image the test pipeline makes of b_wide.png: the network sees the same pixels.
-    resized = TRANSFORMS.build(dict(type='Resize', scale=(128, 128), keep_ratio=True))(
-        dict(img=wide[..., ::-1])
-    )
-    assert resized['img'].shape == (96, 128, 3)
-    mmcv.imwrite(resized['img'], str(folder / 'c_small.png'))
+    resize = TRANSFORMS.build(dict(type='Resize', scale=(size, size), keep_ratio=True))
+    resized = resize(dict(img=wide[..., ::-1]))['img']
+    assert resized.shape == (size * 3 // 4, size, 3)
+    mmcv.imwrite(resized, str(folder / 'c_small.png'))
     (folder / 'd_broken.png').write_bytes(b'\x89PNG\r\n\x1a\n not really a png')
+    return folder, wide
+
+
+def test_folder_boxes_in_original_pixels_and_bad_files(tmp_path: Path, checkpoint: Path) -> None:
+    names = BASE + NOVEL[:1]
+    folder, wide = _image_folder(tmp_path, size=128, seed=2)
     (folder / 'notes.txt').write_text('not an image')
 
     with pytest.raises(demo.DemoInputError, match=r'd_broken\.png.*cannot be decoded'):
@@ -243,19 +249,8 @@ def test_mammut_single_image_with_novel_names(tmp_path: Path, mammut: tuple[Path
 
 def test_mammut_folder_boxes_in_original_pixels(tmp_path: Path, mammut: tuple[Path, Path]) -> None:
     config, checkpoint = mammut
-    folder = tmp_path / 'images'
-    folder.mkdir()
     names = BASE + NOVEL
-    _save(folder / 'a_square.png', _shapes(128, 128, seed=7))
-    wide = _shapes(200, 150, seed=8)
-    _save(folder / 'b_wide.png', wide)
-    # The 256 x 192 image the test pipeline makes of b_wide.png (detection size 256): the same pixels.
-    resized = TRANSFORMS.build(dict(type='Resize', scale=(256, 256), keep_ratio=True))(
-        dict(img=wide[..., ::-1])
-    )
-    assert resized['img'].shape == (192, 256, 3)
-    mmcv.imwrite(resized['img'], str(folder / 'c_small.png'))
-    (folder / 'd_broken.png').write_bytes(b'\x89PNG\r\n\x1a\n not really a png')
+    folder, wide = _image_folder(tmp_path, size=256, seed=7)  # the MaMMUT config detects at 256 px
 
     out = tmp_path / 'out'
     args = _args(folder, out, checkpoint, ', '.join(names), '--skip-bad', '--max-dets', '8', config=config)
