@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import os
 import socket
 
 import pytest
@@ -161,8 +162,14 @@ def _worker(rank: int, port: int, queue) -> None:
                 labels.tolist(),
             )
         queue.put((rank, results))
+        dist.barrier()  # neither rank tears the group down while the other still uses it
     finally:
         dist.destroy_process_group()
+    queue.close()
+    queue.join_thread()  # the results are sent
+    # Skip the interpreter's shutdown: gloo's threads can abort it ("terminate called without an active
+    # exception", exit code -6) after all the work is done (seen in a full test run on a loaded machine).
+    os._exit(0)
 
 
 def _free_port() -> int:
