@@ -37,7 +37,7 @@ from detection.models.prompts import (
     chunk_names,
     collate_prompts,
     encode_prompt,
-    split_caption,
+    sample_names,
 )
 from toolkit.registry import MODELS, TOKENIZERS
 
@@ -118,16 +118,7 @@ class FIBERDetector(SingleStageDetector):
 
     # ------------------------------------------------------------------------------------------------ prompts
     def _names(self, sample: Any) -> tuple[str, ...]:
-        text = sample.metainfo.get('text') if hasattr(sample, 'metainfo') else None
-        if text is None:
-            raise ValueError(
-                'FIBERDetector: the data sample has no `text` (its vocabulary): use a dataset with '
-                "return_classes=True and PackDetInputs meta_keys with 'text', or set it on the sample"
-            )
-        names = split_caption(text, self.separator) if isinstance(text, str) else tuple(str(n) for n in text)
-        if not names:
-            raise ValueError(f'FIBERDetector: empty vocabulary in the data sample text {text!r}')
-        return names
+        return sample_names(sample, 'FIBERDetector', self.separator)
 
     def encode_prompt(self, names: tuple[str, ...]) -> GroundingPrompt:
         """The :class:`~detection.models.prompts.GroundingPrompt` of ``names`` with this model's tokenizer."""

@@ -51,6 +51,7 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 from detection.datasets.ov_detection import read_ov_split
+from detection.models.prompts import sample_names
 from toolkit.checkpoint import load_state_dict_file
 from toolkit.registry import MODELS
 
@@ -63,12 +64,6 @@ _ENSEMBLE_KEYS = {'alpha', 'beta', 'base_names', 'region', 'crop_scale', 'crop_b
 def format_name(template: str, name: str) -> str:
     """``template`` with ``{}`` replaced by ``name``; ``a`` before a vowel becomes ``an`` ('an orange')."""
     return _ARTICLE.sub(r'\1n ', template.format(name))
-
-
-def _split_names(text: Any) -> tuple[str, ...]:
-    if isinstance(text, str):
-        return tuple(name.strip() for name in text.split('.') if name.strip())
-    return tuple(str(name) for name in text)
 
 
 @MODELS.register_module()
@@ -219,16 +214,7 @@ class MaMMUTDetector(TwoStageDetector):
 
     # ------------------------------------------------------------------------------------------------ text
     def _names(self, sample: Any) -> tuple[str, ...]:
-        text = sample.metainfo.get('text') if hasattr(sample, 'metainfo') else None
-        if text is None:
-            raise ValueError(
-                'MaMMUTDetector: the data sample has no `text` (its vocabulary): use a dataset with '
-                "return_classes=True and PackDetInputs meta_keys with 'text', or set it on the sample"
-            )
-        names = _split_names(text)
-        if not names:
-            raise ValueError(f'MaMMUTDetector: empty vocabulary in the data sample text {text!r}')
-        return names
+        return sample_names(sample, 'MaMMUTDetector')
 
     @torch.no_grad()
     def text_embeddings(self, names: Sequence[str], batch_size: int = 256) -> Tensor:

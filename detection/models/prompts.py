@@ -40,6 +40,7 @@ __all__ = [
     'clean_name',
     'collate_prompts',
     'encode_prompt',
+    'sample_names',
     'split_caption',
 ]
 
@@ -94,6 +95,23 @@ def split_caption(caption: str, separator: str = SEPARATOR) -> tuple[str, ...]:
     """Names of a user caption ``'red circle. blue square.'`` (GLIP's ``custom_entities`` parsing)."""
     mark = separator.strip() or separator
     return tuple(part.strip() for part in caption.split(mark) if part.strip())
+
+
+def sample_names(sample: Any, owner: str, separator: str = SEPARATOR) -> tuple[str, ...]:
+    """The vocabulary of a data sample: its metainfo ``text``, a tuple of names or a caption ``'a. b.'``.
+
+    ``owner`` (the detector's name) starts the error raised when there is no ``text`` or no name in it.
+    """
+    text = sample.metainfo.get('text') if hasattr(sample, 'metainfo') else None
+    if text is None:
+        raise ValueError(
+            f'{owner}: the data sample has no `text` (its vocabulary): use a dataset with '
+            "return_classes=True and PackDetInputs meta_keys with 'text', or set it on the sample"
+        )
+    names = split_caption(text, separator) if isinstance(text, str) else tuple(str(name) for name in text)
+    if not names:
+        raise ValueError(f'{owner}: empty vocabulary in the data sample text {text!r}')
+    return names
 
 
 def build_caption(names: Sequence[str], separator: str = SEPARATOR) -> tuple[str, list[tuple[int, int]]]:
