@@ -21,6 +21,8 @@ REDUCED = dict(width=64, depth=2, heads=2)
 TINY_DETECTOR = REPO / 'configs/fiber/fiber_swin-tiny-roberta-tiny_fpn-dyhead_1xb16-24e_shapes-ov.py'
 # FIBER pretraining models likewise get the Shapes World tiny fusion backbone and tokenizer.
 TINY_FIBER = REPO / 'configs/fiber/fiber_swin-tiny-roberta-tiny_1xb32-30e_shapes-pretrain.py'
+# ALBEF models get the Shapes World tokenizer (no local BERT folder) and, at paper scale, reduced widths.
+TINY_ALBEF = REPO / 'configs/albef/albef_vit-tiny-bert-tiny_1xb32-30e_shapes.py'
 
 
 def _reduce(model_cfg: dict) -> dict:
@@ -113,6 +115,30 @@ def _fiber_pretrain_step(model_cfg: dict) -> None:
     optim.step()
 
 
+def _albef_step(model_cfg: dict) -> None:
+    model_cfg.update(tokenizer=Config.fromfile(str(TINY_ALBEF)).model.tokenizer.to_dict(), mask_token_id=None)
+    model_cfg.update(text_pretrained=None, queue_size=8)
+    enc, txt = model_cfg['image_encoder'], model_cfg['text_encoder']
+    if enc['embed_dim'] > 256:
+        enc.update(embed_dim=REDUCED['width'], depth=REDUCED['depth'], num_heads=REDUCED['heads'], img_size=32)
+        txt.update(hidden_size=REDUCED['width'], num_layers=2, num_text_layers=1, num_heads=2, ffn_dim=128)
+        model_cfg['embed_dim'] = 32
+    model = MODELS.build(model_cfg)
+    size = enc['img_size']
+    images = [torch.randint(0, 255, (3, size, size), dtype=torch.uint8) for _ in range(2)]
+    samples = [
+        BaseDataElement(text='a red circle above a blue square', img_id=0),
+        BaseDataElement(text='two green stars', img_id=1),
+    ]
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    data = model.data_preprocessor(dict(inputs=images, data_samples=samples), training=True)
+    losses = model(**data, mode='loss')
+    total = sum(v for k, v in losses.items() if 'loss' in k)
+    assert torch.isfinite(total) and {'loss_itc', 'loss_itm', 'loss_mlm'} <= set(losses)
+    total.backward()
+    optim.step()
+
+
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.name)
 def test_config_builds_and_trains_one_step(path: Path) -> None:
     cfg = Config.fromfile(str(path))
@@ -132,6 +158,9 @@ def test_config_builds_and_trains_one_step(path: Path) -> None:
         return
     if cfg.model.type == 'FIBER':  # FIBER coarse pretraining / captioning
         _fiber_pretrain_step(cfg.model.to_dict())
+        return
+    if cfg.model.type == 'ALBEF':
+        _albef_step(cfg.model.to_dict())
         return
     model = MODELS.build(_reduce(cfg.model.to_dict()))
     size = model.image_encoder.img_size if hasattr(model.image_encoder, 'img_size') else 32

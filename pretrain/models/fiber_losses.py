@@ -64,24 +64,48 @@ def _draw(logits: Tensor, allowed: Tensor, generator: torch.Generator | None) ->
 
 @torch.no_grad()
 def sample_hard_negatives(
-    logits_i2t: Tensor, img_ids: Tensor, *, generator: torch.Generator | None = None
+    logits_i2t: Tensor,
+    img_ids: Tensor,
+    *,
+    logits_t2i: Tensor | None = None,
+    candidate_img_ids: Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> HardNegatives:
-    """ALBEF's hard negatives from the ITC logits of the local batch.
+    """ALBEF's hard negatives: a caption per image and an image per caption, drawn with probability
+    softmax(ITC logits) among the candidates that do not show the same image.
 
     Args:
-        logits_i2t: (B, B) scaled image-to-caption similarities of the local batch (row i: image i, column j:
-            caption j); the caption-to-image logits are its transpose.
-        img_ids: (B,) image id of every sample; a caption is never a negative of an image with its id, so two
-            captions of one image in a batch are never drawn as each other's negatives.
+        logits_i2t: (B, C) scaled image-to-caption similarities (row i: local image i, column j: candidate
+            caption j). Without ``candidate_img_ids`` the candidates are the local batch (C = B) and the
+            caption-to-image logits are its transpose.
+        img_ids: (B,) image id of every local sample; a caption is never a negative of an image with its id,
+            so neither the pair itself nor another caption of the same image is ever drawn.
+        logits_t2i: (B, C) caption-to-image logits of the local captions against the candidate images; needed
+            with ``candidate_img_ids``.
+        candidate_img_ids: (C,) image ids of the candidates, e.g. the batch gathered from all processes
+            (ALBEF's global hard negatives); the returned indices then index the candidates.
         generator: optional RNG for the draws (torch's global RNG otherwise).
     """
-    if logits_i2t.dim() != 2 or logits_i2t.shape[0] != logits_i2t.shape[1]:
-        raise ValueError(f'logits_i2t must be (B, B) for the local batch, got {tuple(logits_i2t.shape)}')
-    if img_ids.shape != (logits_i2t.shape[0],):
-        raise ValueError(f'img_ids {tuple(img_ids.shape)} does not match the batch {logits_i2t.shape[0]}')
-    allowed = ~same_image_mask(img_ids.to(logits_i2t.device))
+    if logits_i2t.dim() != 2 or logits_i2t.shape[0] != img_ids.shape[0] or img_ids.dim() != 1:
+        raise ValueError(
+            f'logits_i2t must be (B, C) with img_ids (B,), got {tuple(logits_i2t.shape)}, {tuple(img_ids.shape)}'
+        )
+    img_ids = img_ids.to(logits_i2t.device)
+    if candidate_img_ids is None:
+        if logits_i2t.shape[0] != logits_i2t.shape[1]:
+            raise ValueError(f'logits_i2t must be (B, B) for the local batch, got {tuple(logits_i2t.shape)}')
+        allowed = ~same_image_mask(img_ids)
+        logits_t2i = logits_i2t.t()
+    else:
+        if logits_t2i is None or logits_t2i.shape != logits_i2t.shape:
+            raise ValueError('candidate_img_ids needs logits_t2i of the same shape as logits_i2t')
+        if candidate_img_ids.shape != (logits_i2t.shape[1],):
+            raise ValueError(
+                f'candidate_img_ids {tuple(candidate_img_ids.shape)} does not match {logits_i2t.shape[1]} columns'
+            )
+        allowed = img_ids[:, None] != candidate_img_ids.to(logits_i2t.device)[None, :]
     txt_for_img, img_valid = _draw(logits_i2t, allowed, generator)
-    img_for_txt, txt_valid = _draw(logits_i2t.t(), allowed, generator)
+    img_for_txt, txt_valid = _draw(logits_t2i, allowed, generator)
     return HardNegatives(txt_for_img, img_for_txt, img_valid, txt_valid)
 
 

@@ -1,0 +1,93 @@
+# ALBEF at paper scale (Li et al., NeurIPS 2021, Sec. 4): ViT-B/16 + BERT-base (6 text
+# + 6 fusion layers), ITC with momentum distillation, ITM with hard negatives, MLM, on CC3M-style pairs.
+# Needs local weights: a DeiT-B/16 ImageNet checkpoint converted to MaMMUTViT keys (set model.image_encoder's
+# init_cfg) and a HuggingFace bert-base-uncased folder (config.json, model.safetensors, tokenizer.json).
+_base_ = [
+    '../_base_/datasets/cc3m.py',
+    '../_base_/default_runtime.py',
+]
+bert = 'data/pretrained/bert-base-uncased/'
+img_size = 256  # ALBEF pretrains at 256 x 256 (random crops), fine-tunes retrieval at 384
+max_epochs = 30
+model = dict(
+    type='ALBEF',
+    data_preprocessor=dict(
+        type='ImgDataPreprocessor',
+        mean=[122.771, 116.746, 104.094],  # ALBEF normalises with CLIP's RGB statistics x 255
+        std=[68.501, 66.632, 70.323],
+        bgr_to_rgb=True,
+    ),
+    image_encoder=dict(
+        type='MaMMUTViT',
+        img_size=img_size,
+        patch_size=16,
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        class_token=True,
+        final_pool='tok',
+        cropped_pos_emb=False,
+        layer_norm_eps=1e-6,  # DeiT / timm
+        drop_path_rate=0.1,  # ALBEF's VisionTransformer
+    ),
+    text_encoder=dict(
+        hidden_size=768,
+        num_layers=12,
+        num_text_layers=6,  # ALBEF: BERT's first 6 layers encode text, the last 6 fuse
+        num_heads=12,
+        ffn_dim=3072,
+        max_positions=512,
+    ),
+    text_pretrained=bert,
+    tokenizer=dict(type='HFTokenizer', path=bert + 'tokenizer.json', context_length=30),  # ALBEF max_words 30
+    mask_token_id=103,  # bert-base-uncased [MASK]
+    embed_dim=256,
+    queue_size=65536,
+    momentum=0.995,
+    alpha=0.4,
+    alpha_warmup_iters=6300,  # the first epoch: ~3.3M CC3M pairs / 512
+    temperature_init=0.07,
+    itc_loss=dict(type='DistilledContrastiveLoss', loss_weight=1.0),
+    itm_loss=dict(type='ITMLoss', loss_weight=1.0),
+    mlm_loss=dict(
+        type='MLMLoss', mask_prob=0.15, mask_token_prob=0.8, random_token_prob=0.1, loss_weight=1.0
+    ),
+)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    # ALBEF adds RandomResizedCrop(scale=(0.5, 1.0)) and RandAugment; here resize and a caption-aware flip.
+    dict(type='Resize', scale=(img_size, img_size), keep_ratio=False),
+    dict(type='SampleCaption'),
+    dict(type='RandomFlipCaption', prob=0.5),
+    dict(type='PackImageTextInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(img_size, img_size), keep_ratio=False),
+    dict(type='PackImageTextInputs'),
+]
+train_dataloader = dict(batch_size=64, dataset=dict(pipeline=train_pipeline))  # 8 GPUs x 64 = 512 (ALBEF)
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = [dict(type='RetrievalMetric')]
+test_evaluator = [dict(type='RetrievalMetric', rerank_k=128)]  # ALBEF re-ranks the top 128 (k_test)
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.02),  # ALBEF Sec. 4
+    paramwise_cfg=dict(custom_keys={'temp': dict(decay_mult=0.0)}),
+)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-2, by_epoch=False, begin=0, end=1000),  # warm-up to 1e-4 in 1k its
+    dict(
+        type='CosineAnnealingLR',
+        by_epoch=True,
+        begin=0,
+        end=max_epochs,
+        eta_min=1e-5,
+        convert_to_iter_based=True,
+    ),
+]
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+auto_scale_lr = dict(base_batch_size=512)
