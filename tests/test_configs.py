@@ -22,7 +22,7 @@ TINY_DETECTOR = REPO / 'configs/fiber/fiber_swin-tiny-roberta-tiny_fpn-dyhead_1x
 # FIBER pretraining models likewise get the Shapes World tiny fusion backbone and tokenizer.
 TINY_FIBER = REPO / 'configs/fiber/fiber_swin-tiny-roberta-tiny_1xb32-30e_shapes-pretrain.py'
 # ALBEF models get the Shapes World tokenizer (no local BERT folder) and, at paper scale, reduced widths.
-TINY_ALBEF = REPO / 'configs/albef/albef_vit-tiny-bert-tiny_1xb32-30e_shapes.py'
+TINY_ALBEF = REPO / 'configs/albef/albef_vit-tiny-bert-tiny_1xb32-20e_shapes.py'
 
 
 def _reduce(model_cfg: dict) -> dict:
@@ -120,7 +120,9 @@ def _albef_step(model_cfg: dict) -> None:
     model_cfg.update(text_pretrained=None, queue_size=8)
     enc, txt = model_cfg['image_encoder'], model_cfg['text_encoder']
     if enc['embed_dim'] > 256:
-        enc.update(embed_dim=REDUCED['width'], depth=REDUCED['depth'], num_heads=REDUCED['heads'], img_size=32)
+        enc.update(
+            embed_dim=REDUCED['width'], depth=REDUCED['depth'], num_heads=REDUCED['heads'], img_size=32
+        )
         txt.update(hidden_size=REDUCED['width'], num_layers=2, num_text_layers=1, num_heads=2, ffn_dim=128)
         model_cfg['embed_dim'] = 32
     model = MODELS.build(model_cfg)

@@ -6,9 +6,9 @@ Distillation", NeurIPS 2021, Sec. 3. Reference code: salesforce/ALBEF ``models/m
 
 Model (Sec. 3.1): a ViT image encoder whose class token feeds ITC; a BERT stack split into a text encoder (the
 first ``num_text_layers``, 6 of 12) and a fusion encoder (the rest, cross-attending to all image tokens):
-:class:`~pretrain.models.bert.BertFusionEncoder`. A momentum copy of the image encoder, text stack, projections
-and MLM head is an exponential moving average of the online weights (``momentum`` 0.995), updated before each
-training step and never trained.
+:class:`~pretrain.models.bert.BertFusionEncoder`. A momentum copy of the image encoder, text stack,
+projections and MLM head is an exponential moving average of the online weights (``momentum`` 0.995), updated
+before each training step and never trained.
 
 Per training step on B image-caption pairs (Sec. 3.2-3.3):
 
@@ -32,8 +32,8 @@ Retrieval (``predict``, Sec. 5.2): ``img_emb`` / ``txt_emb`` (the ITC features) 
 directions by the ITM score.
 
 What differs from ALBEF: queue entries not yet written are left out of the logits (ALBEF starts from random
-features); a sample without ``img_id`` counts as its own image; the MLM head runs on the chosen positions only;
-queue positives come from ``img_id`` in pretraining too (ALBEF uses them in retrieval fine-tuning only).
+features); a sample without ``img_id`` counts as its own image; the MLM head runs on the chosen positions
+only; queue positives come from ``img_id`` in pretraining too (ALBEF uses them in retrieval fine-tuning only).
 
 Data contract: ``inputs`` (B, 3, H, W) normalised; training samples carry ``text`` (and ``img_id``);
 evaluation samples ``gt_captions`` (list[str]) and ``img_id``.
@@ -44,6 +44,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -79,13 +80,14 @@ class ALBEF(BaseModel):
         image_encoder: config of a ViT with a class token (``MaMMUTViT(class_token=True)``); its
             ``forward_all_tokens`` gives the class token first, then the patch tokens.
         text_encoder: keyword arguments of :class:`~pretrain.models.bert.BertFusionEncoder` except
-            ``vocab_size``, ``pad_token_id`` and ``context_dim`` (taken from the tokenizer and the image encoder).
-        tokenizer: config of a ``toolkit`` tokenizer (BOS = BERT's ``[CLS]``, read for ITC and ITM).
+            ``vocab_size``, ``pad_token_id`` and ``context_dim`` (from the tokenizer and the image encoder).
+        tokenizer: config of a ``toolkit`` tokenizer (BOS = BERT's ``[CLS]``, read for ITC and ITM) or a built
+            one.
         embed_dim: width of the ITC features (ALBEF 256).
         queue_size: momentum features kept per modality (ALBEF 65,536; 0 = the global batch only).
         momentum: EMA coefficient of the momentum model (ALBEF 0.995).
         alpha: weight of the momentum model's soft targets (ALBEF 0.4).
-        alpha_warmup_iters: iterations over which ``alpha`` ramps linearly from 0 (ALBEF: one epoch); 0 = none.
+        alpha_warmup_iters: iterations over which ``alpha`` ramps linearly from 0 (ALBEF: one epoch); 0: none.
         temperature_init: initial ITC temperature (ALBEF 0.07).
         itc_loss: config of :class:`~pretrain.models.albef_losses.DistilledContrastiveLoss`.
         itm_loss: config of ``ITMLoss``.
@@ -103,7 +105,7 @@ class ALBEF(BaseModel):
         *,
         image_encoder: dict,
         text_encoder: dict,
-        tokenizer: dict,
+        tokenizer: dict | Any,
         embed_dim: int = 256,
         queue_size: int = 65536,
         momentum: float = 0.995,
@@ -124,7 +126,7 @@ class ALBEF(BaseModel):
             raise ValueError(
                 f'ALBEF: momentum must be in [0, 1) and alpha in [0, 1], got {momentum}, {alpha}'
             )
-        self.tokenizer = TOKENIZERS.build(tokenizer)
+        self.tokenizer = TOKENIZERS.build(tokenizer) if isinstance(tokenizer, dict) else tokenizer
         self.visual_encoder = MODELS.build(image_encoder)
         if getattr(self.visual_encoder, 'num_prefix_tokens', 0) != 1:
             raise ValueError('ALBEF: the image encoder needs a class token (MaMMUTViT(class_token=True))')
@@ -189,7 +191,7 @@ class ALBEF(BaseModel):
 
     @torch.no_grad()
     def momentum_update(self) -> None:
-        """``ema = m * ema + (1 - m) * online`` for every parameter; buffers (e.g. BatchNorm statistics) copied."""
+        """``ema = m * ema + (1 - m) * online`` for every parameter; buffers (BatchNorm statistics) copied."""
         online_params, ema_params = [], []
         for online, ema in self._momentum_pairs():
             online_params += [p.detach() for p in online.parameters()]
@@ -244,7 +246,7 @@ class ALBEF(BaseModel):
 
     @torch.no_grad()
     def itm_scores(self, images: Tensor, txt_ids: Sequence[Tensor]) -> Tensor:
-        """ITM ``logit(match) - logit(no match)`` of P pairs: ``images`` (P, 3, H, W), P unpadded id tensors."""
+        """ITM ``logit(match) - logit(no match)`` of P pairs: ``images`` (P, 3, H, W), P unpadded id rows."""
         if len(txt_ids) != images.shape[0]:
             raise ValueError(f'ALBEF.itm_scores: {images.shape[0]} images but {len(txt_ids)} texts')
         device, pad = self.device, int(self.tokenizer.pad_token_id)
@@ -427,7 +429,9 @@ class ALBEF(BaseModel):
 
     @torch.no_grad()
     def predict(self, inputs: Tensor, data_samples: list[BaseDataElement]) -> list[BaseDataElement]:
-        """Sets ``img_emb`` (E,), ``txt_emb`` (K, E) of the ``gt_captions``, ``itm_inputs`` and ``itm_scorer``."""
+        """Sets ``img_emb`` (E,), ``txt_emb`` (K, E) of the ``gt_captions``, ``itm_inputs``, ``itm_scorer``.
+
+        ``itm_scorer`` re-ranks for ``RetrievalMetric(rerank_k=...)``."""
         captions = [list(getattr(sample, 'gt_captions', None) or []) for sample in data_samples]
         img_emb = self.encode_image(inputs).cpu()
         flat = list(itertools.chain.from_iterable(captions))

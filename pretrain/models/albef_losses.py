@@ -7,9 +7,9 @@ Distillation" (ALBEF), NeurIPS 2021, Sec. 3.2 (ITC against queues of momentum fe
 * :class:`FeatureQueue`: a FIFO ring of L2-normalised momentum features with the image id of each entry. ALBEF
   fills its queues with random features at start-up and lets them act as negatives; here entries not yet
   written are excluded from the logits (``valid``), so the first steps only contrast real features.
-* :class:`DistilledContrastiveLoss`: ITC where each row's target is ``(1 - alpha) * y + alpha * q``, with ``y``
-  uniform over the positives (every key showing the query's image: the pair itself, other captions of the
-  image in the batch or the queue) and ``q`` the momentum model's softmax over the same keys (Eq. 4).
+* :class:`DistilledContrastiveLoss`: ITC where each row's target is ``(1 - alpha) * y + alpha * q``, with
+  ``y`` uniform over the positives (every key showing the query's image: the pair itself, other captions of
+  the image in the batch or the queue) and ``q`` the momentum model's softmax over the same keys (Eq. 4).
 * :func:`soft_cross_entropy`: ``-sum(target * log_softmax(logits))`` per row, the distillation term of the MLM
   loss too (Eq. 5).
 """

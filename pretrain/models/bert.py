@@ -1,4 +1,4 @@
-"""A BERT encoder whose top layers cross-attend to image tokens: ALBEF's text and fusion encoders in one stack.
+"""A BERT encoder whose top layers cross-attend to image tokens: ALBEF's text and fusion encoders, one stack.
 
 Papers: Devlin et al., "BERT", NAACL 2019 (post-LayerNorm layers, learned absolute positions, token types);
 Li et al., "Align before Fuse" (ALBEF), NeurIPS 2021, Sec. 3.1: the first ``num_text_layers`` layers

@@ -88,7 +88,8 @@ def sample_hard_negatives(
     """
     if logits_i2t.dim() != 2 or logits_i2t.shape[0] != img_ids.shape[0] or img_ids.dim() != 1:
         raise ValueError(
-            f'logits_i2t must be (B, C) with img_ids (B,), got {tuple(logits_i2t.shape)}, {tuple(img_ids.shape)}'
+            f'logits_i2t must be (B, C) with img_ids (B,), got {tuple(logits_i2t.shape)}, '
+            f'{tuple(img_ids.shape)}'
         )
     img_ids = img_ids.to(logits_i2t.device)
     if candidate_img_ids is None:
@@ -101,7 +102,8 @@ def sample_hard_negatives(
             raise ValueError('candidate_img_ids needs logits_t2i of the same shape as logits_i2t')
         if candidate_img_ids.shape != (logits_i2t.shape[1],):
             raise ValueError(
-                f'candidate_img_ids {tuple(candidate_img_ids.shape)} does not match {logits_i2t.shape[1]} columns'
+                f'candidate_img_ids {tuple(candidate_img_ids.shape)} does not match '
+                f'{logits_i2t.shape[1]} columns'
             )
         allowed = img_ids[:, None] != candidate_img_ids.to(logits_i2t.device)[None, :]
     txt_for_img, img_valid = _draw(logits_i2t, allowed, generator)

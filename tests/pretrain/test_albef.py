@@ -1,4 +1,4 @@
-"""ALBEF: BERT stack parity with transformers, momentum encoders, queues, hard negatives, distillation, training."""
+"""ALBEF: BERT parity with transformers, momentum encoders, queues, hard negatives, distillation, training."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from pretrain.models.fiber_losses import sample_hard_negatives
 from toolkit.registry import MODELS
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / 'configs/albef/albef_vit-tiny-bert-tiny_1xb32-30e_shapes.py'
+CONFIG = REPO / 'configs/albef/albef_vit-tiny-bert-tiny_1xb32-20e_shapes.py'
 TEXTS = [
     'a red circle above a blue square',
     'two green stars',
@@ -198,7 +198,7 @@ def test_model_queues_hold_the_momentum_features_of_past_batches() -> None:
     assert int(model.image_queue.count) == 6 and int(model.image_queue.ptr) == 2
 
 
-# ----------------------------------------------------------------------------------------------- ITM negatives
+# ------------------------------------------------------------------------------------------ ITM negatives
 def test_global_hard_negatives_never_show_the_same_image() -> None:
     gen = torch.Generator().manual_seed(0)
     img_ids = torch.tensor([0, 0, 1, 2])  # local batch: two captions of image 0
