@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test lint lock clean-venv
 
-$(STAMP): requirements/constraints.txt requirements/excludes.txt requirements/tools.txt setup.cfg tools/setup/install.sh tools/setup/selfcheck.py
+$(STAMP): requirements/constraints.txt requirements/excludes.txt requirements/overrides.txt requirements/tools.txt setup.cfg tools/setup/install.sh tools/setup/selfcheck.py
 	bash tools/setup/install.sh
 	touch $(STAMP)
 

@@ -36,7 +36,9 @@ if [ ! -x "$VENV/bin/uv" ]; then
     step "Installing uv into $VENV"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "uv==$(sed -n 's/^uv==//p' requirements/tools.txt)"
 fi
-UV=("$VENV/bin/uv" pip install --python "$VENV/bin/python" -c "$CONSTRAINTS" --excludes requirements/excludes.txt)
+# --overrides: torchscale's stale fairscale/timm pins are replaced (see the file).
+UV=("$VENV/bin/uv" pip install --python "$VENV/bin/python" -c "$CONSTRAINTS" --excludes requirements/excludes.txt
+    --overrides requirements/overrides.txt)
 
 find_mmcv_wheel() {
     local dir
