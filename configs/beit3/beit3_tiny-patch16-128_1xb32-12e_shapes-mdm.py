@@ -36,8 +36,9 @@ model = dict(
         context_length=32,
     ),
     mdm_loss=dict(type='MDMLoss', pixel_weight=1.0),
-    # No VQ-KD checkpoint exists for 128 px Shapes World and none is downloaded: the documented fallback target,
-    # per-patch normalised pixels regressed with MSE (a random frozen VQ-KD would give ids without meaning).
+    # No VQ-KD checkpoint exists for 128 px Shapes World and none is downloaded: the documented fallback
+    # target, per-patch normalised pixels regressed with MSE (a random frozen VQ-KD would give ids without
+    # meaning).
     visual_target=dict(type='PixelTarget', patch_size=16),
     mixture=dict(image=1, text=1, pair=1),  # BEiT-3: 2048 images, 2048 texts, 2048 pairs a step (Sec. 2.4)
     txt_mask_prob=0.15,  # BEiT-3 Sec. 2.2: monomodal texts
@@ -46,8 +47,8 @@ model = dict(
     min_mask_patches=5,  # BEiT's 16 of 14 x 14 patches scaled to 8 x 8 (16 x 64 / 196)
 )
 optim_wrapper = dict(
-    # BEiT-3 Sec. 2.4: AdamW (0.9, 0.98), eps 1e-6, weight decay 0.05; lr 1e-3 from scratch at batch 32 (as the
-    # tiny MaMMUT / FIBER configs; BEiT-3's peak 1e-3 is at batch 6144).
+    # BEiT-3 Sec. 2.4: AdamW (0.9, 0.98), eps 1e-6, weight decay 0.05; lr 1e-3 from scratch at batch 32 (as
+    # the tiny MaMMUT / FIBER configs; BEiT-3's peak 1e-3 is at batch 6144).
     optimizer=dict(lr=1e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.05),
     paramwise_cfg=dict(
         norm_decay_mult=0.0,
