@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ from pretrain.models.albef_losses import (
 )
 from pretrain.models.bert import BertFusionEncoder, convert_hf_bert
 from pretrain.models.fiber_losses import sample_hard_negatives
+from toolkit.checkpoint import safe_load
 from toolkit.registry import MODELS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -389,3 +393,41 @@ def test_two_processes_draw_negatives_from_the_global_batch_and_share_queues() -
         candidates, queued = results[rank]
         assert candidates == everyone  # both processes' samples are candidates
         assert queued == everyone  # and both processes enqueue the whole global batch
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+def _run(*args: str) -> None:
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_train_resume_keeps_the_queues_and_test_reranks(shapes_tiny: Path, tmp_path: Path) -> None:
+    work = tmp_path / 'work'
+    data = [f'{split}_dataloader.dataset.data_root={shapes_tiny}/' for split in ('train', 'val', 'test')]
+    small = [
+        'train_cfg.max_epochs=1',
+        'train_cfg.val_interval=10',
+        'train_dataloader.batch_size=8',
+        'model.queue_size=64',
+        'model.alpha_warmup_iters=2',
+    ]
+    _run('tools/train.py', str(CONFIG), '--work-dir', str(work), '--cfg-options', *data, *small)
+    first = safe_load(work / 'epoch_1.pth')['state_dict']
+    iters = int(first['num_updates'])
+    assert iters > 0 and int(first['image_queue.count']) == min(64, 8 * iters)
+
+    more = [opt.replace('max_epochs=1', 'max_epochs=2') for opt in small]
+    _run('tools/train.py', str(CONFIG), '--work-dir', str(work), '--resume', '--cfg-options', *data, *more)
+    second = safe_load(work / 'epoch_2.pth')['state_dict']
+    assert int(second['num_updates']) == 2 * iters  # the step counter (alpha's ramp) resumed
+    assert int(second['image_queue.ptr']) == (16 * iters) % 64  # the queue resumed where it stopped
+    assert not second['momentum_model.text_proj.weight'].equal(first['momentum_model.text_proj.weight'])
+
+    test_dir = tmp_path / 'test'
+    rerank = 'test_evaluator.0.rerank_k=4'
+    _run('tools/test.py', str(CONFIG), str(work / 'epoch_2.pth'), '--work-dir', str(test_dir),
+         '--cfg-options', *data, rerank)  # fmt: skip
+    metrics = json.loads((test_dir / 'metrics.json').read_text())
+    for key in ('retrieval/i2t_R@1', 'retrieval/t2i_R@5', 'retrieval/itm_i2t_R@1', 'retrieval/itm_t2i_R@5'):
+        assert 0.0 <= metrics[key] <= 1.0

@@ -1,4 +1,5 @@
-"""Training-step cost of MaMMUT's two passes against its contrastive pass alone and open_clip's CoCa.
+"""Training-step cost of MaMMUT's two passes against its contrastive pass alone and open_clip's CoCa, and of
+ALBEF's and BEiT-3's pretraining steps.
 
 ``python tools/benchmark/train_step.py [--batch-size 8] [--img-size 224] [--width 768] [--depth 12] ...``
 
@@ -11,7 +12,15 @@ counted with ``torch.utils.flop_counter.FlopCounterMode``:
    (``contrastive_only=False``), through ``MaMMUT.loss``;
 2. ``contrastive``: the same model with ``contrastive_only=True`` (no cross-attention, no captioning);
 3. ``coca``: open_clip's ``CoCa`` (Yu et al., 2022) at random init with ``open_clip.CoCaLoss``
-   (caption + contrastive, weights 1 and 1).
+   (caption + contrastive, weights 1 and 1);
+4. ``albef``: ALBEF (Li et al., 2021) of ``configs/albef/albef_vit-b16-bert-base_8xb64-30e_cc3m.py`` through
+   ``ALBEF.loss``: ITC against 65,536-entry queues with momentum distillation, ITM on hard negatives, MLM
+   (the momentum model's forward passes included); BERT vocabulary (30,522);
+5. ``beit3``: BEiT-3 (Wang et al., 2023) of ``configs/_base_/models/beit3_base-patch16-224.py``, one masked
+   data modeling step through ``BEiT3.loss`` (the batch split into image, text and pair groups; the VQ-KD
+   tokenizer's forward makes the visual targets); SentencePiece vocabulary (64,010).
+
+``--methods`` picks ``mammut`` (models 1-3), ``albef`` and/or ``beit3`` (all by default).
 
 Defaults follow the issue's targets: ViT-B/16 at 224 px, a 12-layer decoder (width 768, 12 heads,
 cross-attention in the 6 odd layers), batch 8, fp32 on CPU, CLIP vocabulary (49408), context 32; captions are
@@ -170,6 +179,21 @@ def build_albef(
     return model
 
 
+def build_beit3(
+    *, tokenizer: TextTokenizer, img_size: int, width: int, depth: int, num_heads: int
+) -> nn.Module:
+    """BEiT-3 of ``configs/_base_/models/beit3_base-patch16-224.py`` for one masked-data-modeling step: the
+    Multiway Transformer (VL experts in the top 3 layers) and the BEiT v2 VQ-KD tokenizer that makes the
+    visual targets, both at ``width``/``depth``, random init (the tokenizer's forward is part of the cost)."""
+    cfg = Config.fromfile(str(REPO / 'configs/_base_/models/beit3_base-patch16-224.py')).model.to_dict()
+    shape = dict(img_size=img_size, embed_dim=width, depth=depth, num_heads=num_heads)
+    cfg['backbone'].update(shape, ffn_dim=4 * width, num_vl_layers=min(3, depth), drop_path_rate=0.0)
+    cfg['backbone'].update(vocab_size=tokenizer.vocab_size + 1)
+    cfg['visual_target'].update(shape, checkpoint=None)
+    cfg.update(tokenizer=tokenizer, mask_token_id=None)
+    return MODELS.build(cfg)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--batch-size', type=int, default=8)
@@ -189,11 +213,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         '--methods',
         nargs='+',
-        default=['mammut', 'albef'],
-        choices=['mammut', 'albef'],
-        help='mammut: the two-pass / contrastive-only / CoCa comparison; albef: ALBEF (ITC + ITM + MLM)',
+        default=['mammut', 'albef', 'beit3'],
+        choices=['mammut', 'albef', 'beit3'],
+        help='mammut: the two-pass / contrastive-only / CoCa comparison; albef: ALBEF (ITC + ITM + MLM); '
+        'beit3: a BEiT-3 masked-data-modeling step',
     )
     parser.add_argument('--bert-vocab-size', type=int, default=30522, help="ALBEF's vocabulary (BERT's)")
+    parser.add_argument('--beit3-vocab-size', type=int, default=64010, help="BEiT-3's (SentencePiece 64k)")
     parser.add_argument('--profile', action='store_true', help='torch.profiler tables of the MaMMUT steps')
     parser.add_argument('--tiny', action='store_true', help='a seconds-long run at toy size (smoke test)')
     args = parser.parse_args(argv)
@@ -299,6 +325,13 @@ def main(argv: list[str] | None = None) -> int:
         seed_everything(args.seed)
         albef = build_albef(tokenizer=bert_tokenizer, **shape).to(device)
         steps['albef'] = _mammut_step(albef, bert_data, args)
+    if 'beit3' in args.methods:
+        spm_vocab = min(args.beit3_vocab_size, args.vocab_size) if args.tiny else args.beit3_vocab_size
+        spm_tokenizer = IdTokenizer(vocab_size=spm_vocab - 1, context_length=args.context_length)  # + [MASK]
+        spm_data = _make_data(args, spm_tokenizer, device, vocab_size=spm_vocab - 1)
+        seed_everything(args.seed)
+        beit3 = build_beit3(tokenizer=spm_tokenizer, **shape).to(device)
+        steps['beit3'] = _mammut_step(beit3, spm_data, args)
 
     log(
         f'train step: batch {args.batch_size}, {args.img_size} px, width {args.width}, depth {args.depth} '
