@@ -119,6 +119,9 @@ class BertFusionEncoder(nn.Module):
         layer_norm_eps: BERT 1e-12.
         dropout: hidden dropout (BERT 0.1).
         attn_dropout: attention-probability dropout (BERT 0.1).
+        init_std: standard deviation of the normal initialisation of the linear and embedding weights (BERT
+            0.02). From scratch, 0.02 makes attention nearly uniform and its output tiny, so the first token
+            hardly depends on the text; a larger value lets ITC start (see the Shapes World ALBEF config).
 
     Shapes: ``txt_ids`` (B, L) long, ``txt_mask`` (B, L) bool (True = real token), ``img_tokens`` (B, N, C)
     -> hidden states (B, L, H).
@@ -140,6 +143,7 @@ class BertFusionEncoder(nn.Module):
         layer_norm_eps: float = 1e-12,
         dropout: float = 0.1,
         attn_dropout: float = 0.1,
+        init_std: float = 0.02,
     ) -> None:
         super().__init__()
         if not 0 <= num_text_layers <= num_layers:
@@ -164,13 +168,13 @@ class BertFusionEncoder(nn.Module):
             )
             for index in range(num_layers)
         )
-        self._init_weights()
+        self._init_weights(init_std)
 
-    def _init_weights(self) -> None:
-        """BERT's initialisation: normal(0, 0.02) weights, zero biases, unit LayerNorms."""
+    def _init_weights(self, std: float) -> None:
+        """BERT's initialisation: normal(0, std) weights, zero biases, unit LayerNorms."""
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
-                nn.init.normal_(module.weight, std=0.02)
+                nn.init.normal_(module.weight, std=std)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
         with torch.no_grad():
