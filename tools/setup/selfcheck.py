@@ -17,6 +17,7 @@ from pathlib import Path
 PACKAGES = [
     'torch', 'torchvision', 'mmengine', 'mmcv', 'mmdet', 'numpy', 'einops', 'decord', 'av', 'pycocotools',
     'lvis', 'pycocoevalcap', 'tokenizers', 'transformers', 'matplotlib',
+    'torchscale.model.BEiT3',  # test extra: fairscale + timm pins overridden (requirements/overrides.txt)
     'toolkit', 'pretrain', 'detection', 'video',
 ]  # fmt: skip
 
