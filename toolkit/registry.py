@@ -69,6 +69,8 @@ MODELS = ToolkitRegistry(
         'pretrain.models.mammut',
         'pretrain.models.fiber',
         'pretrain.models.fiber_losses',
+        'pretrain.models.albef',
+        'pretrain.models.albef_losses',
         'pretrain.models.multiway',
         'pretrain.models.visual_tokenizer',
         'pretrain.models.beit3',
