@@ -4,7 +4,7 @@ _base_ = ['./beit3_tiny-patch16-128_1xb32-12e_shapes-mdm.py']
 # The checkpoint of `tools/train.py configs/beit3/beit3_tiny-patch16-128_1xb32-12e_shapes-mdm.py
 # --work-dir work_dirs/beit3_mdm` (its MDM heads are left out: unexpected keys are ignored).
 load_from = 'work_dirs/beit3_mdm/epoch_12.pth'
-# 50 iterations an epoch -> 500 iterations, ~1.7 s each on a core shared with another training (~14 min).
+# 50 iterations an epoch -> 500 iterations, 0.9-1.8 s each on one thread (8-14 min).
 max_epochs = 10
 model = dict(
     mdm_loss=None,

@@ -6,7 +6,7 @@ _base_ = [
     '../_base_/schedules/adamw_cosine_20e.py',
     '../_base_/default_runtime.py',
 ]
-# 1,600 train images / 32 = 50 iterations an epoch -> 600 iterations, ~1.1 s each on a shared core (~11 min).
+# 1,600 train images / 32 = 50 iterations an epoch -> 600 iterations, 0.7-1.2 s each on one thread (8-12 min).
 max_epochs = 12
 model = dict(
     type='BEiT3',
