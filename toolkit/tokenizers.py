@@ -122,6 +122,19 @@ class TextTokenizer(abc.ABC):
             txt_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         return txt_ids
 
+    def ids_and_mask(self, texts: Sequence[str], *, trim: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenize a batch -> ``txt_ids`` (B, L) and ``txt_mask`` (B, L) bool (True on BOS, tokens, EOS).
+
+        L is the longest text of the batch with ``trim``, else the context length (equal shapes on every
+        process, e.g. to gather them).
+        """
+        txt_ids = self(list(texts))
+        lengths = self.lengths(txt_ids)
+        if trim:
+            txt_ids = txt_ids[:, : int(lengths.max())]
+        txt_mask = torch.arange(txt_ids.shape[1])[None] < lengths[:, None]
+        return txt_ids, txt_mask
+
     def _strip_specials(self, ids: Sequence[int] | torch.Tensor) -> list[int]:
         if isinstance(ids, torch.Tensor):
             if ids.dim() != 1:

@@ -215,11 +215,7 @@ class ALBEF(BaseModel):
     ) -> tuple[Tensor, Tensor]:
         """Texts -> ``txt_ids`` (B, L), ``txt_mask`` (B, L) bool; L the longest text, or the context length
         with ``full`` (equal shapes on every process for gathering)."""
-        txt_ids = self.tokenizer(list(texts))
-        lengths = self.tokenizer.lengths(txt_ids)
-        if not full:
-            txt_ids = txt_ids[:, : int(lengths.max())]
-        txt_mask = torch.arange(txt_ids.shape[1])[None] < lengths[:, None]
+        txt_ids, txt_mask = self.tokenizer.ids_and_mask(texts, trim=not full)
         return txt_ids.to(device), txt_mask.to(device)
 
     def image_features(self, images: Tensor, momentum: bool = False) -> tuple[Tensor, Tensor]:
@@ -415,16 +411,12 @@ class ALBEF(BaseModel):
         return out
 
     def _mask(self, txt_ids: Tensor, txt_mask: Tensor) -> tuple[Tensor, Tensor]:
-        lengths = txt_mask.sum(dim=1, keepdim=True)
-        positions = torch.arange(txt_ids.shape[1], device=txt_ids.device)[None]
-        maskable = (positions >= 1) & (positions < lengths - 1)  # real tokens between BOS and EOS
-        tok = self.tokenizer
-        return self.mlm_loss.mask_tokens(
+        return self.mlm_loss.mask_captions(
             txt_ids,
-            maskable,
+            txt_mask,
             mask_token_id=self.mask_token_id,
             vocab_size=self.vocab_size,
-            special_ids=(tok.bos_token_id, tok.eos_token_id, tok.pad_token_id),
+            tokenizer=self.tokenizer,
         )
 
     @torch.no_grad()

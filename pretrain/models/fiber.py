@@ -288,10 +288,7 @@ class FIBER(BaseModel):
     # ------------------------------------------------------------------------------------------ pieces
     def _tokenize(self, texts: Sequence[str], device: torch.device) -> tuple[Tensor, Tensor]:
         """Texts -> ``txt_ids`` (B, L) and ``txt_mask`` (B, L) bool, L the longest text of the batch."""
-        txt_ids = self.tokenizer(list(texts))
-        lengths = self.tokenizer.lengths(txt_ids)
-        txt_ids = txt_ids[:, : int(lengths.max())]
-        txt_mask = torch.arange(txt_ids.shape[1])[None] < lengths[:, None]
+        txt_ids, txt_mask = self.tokenizer.ids_and_mask(texts)
         return txt_ids.to(device), txt_mask.to(device)
 
     @property
@@ -457,16 +454,12 @@ class FIBER(BaseModel):
         return images[pair_img], txt_ids[pair_txt], txt_mask[pair_txt], labels
 
     def _mask(self, txt_ids: Tensor, txt_mask: Tensor) -> tuple[Tensor, Tensor]:
-        lengths = txt_mask.sum(dim=1, keepdim=True)
-        positions = torch.arange(txt_ids.shape[1], device=txt_ids.device)[None]
-        maskable = (positions >= 1) & (positions < lengths - 1)  # real tokens between BOS and EOS
-        tok = self.tokenizer
-        return self.mlm_loss.mask_tokens(
+        return self.mlm_loss.mask_captions(
             txt_ids,
-            maskable,
+            txt_mask,
             mask_token_id=self.mask_token_id,
             vocab_size=self.vocab_size,
-            special_ids=(tok.bos_token_id, tok.eos_token_id, tok.pad_token_id),
+            tokenizer=self.tokenizer,
         )
 
     def _fused_losses(self, fused: list[tuple[str, Tensor, Tensor, Tensor, Tensor]]) -> dict[str, Tensor]:

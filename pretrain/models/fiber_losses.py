@@ -23,7 +23,7 @@ draws a special token (BOS, EOS, padding, the mask token).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -211,6 +211,19 @@ class MLMLoss(nn.Module):
         masked_ids = torch.where(to_random, candidates[pick], masked_ids)
         labels = torch.where(chosen, txt_ids, torch.full_like(txt_ids, self.ignore_index))
         return masked_ids, labels
+
+    def mask_captions(
+        self, txt_ids: Tensor, txt_mask: Tensor, *, mask_token_id: int, vocab_size: int, tokenizer: Any
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`mask_tokens` on tokenized captions ``[BOS] tokens [EOS] pad...``: only the tokens between
+        BOS and EOS can be chosen, and random replacements are never the tokenizer's BOS, EOS or padding."""
+        lengths = txt_mask.sum(dim=1, keepdim=True)
+        positions = torch.arange(txt_ids.shape[1], device=txt_ids.device)[None]
+        maskable = (positions >= 1) & (positions < lengths - 1)
+        specials = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        return self.mask_tokens(
+            txt_ids, maskable, mask_token_id=mask_token_id, vocab_size=vocab_size, special_ids=specials
+        )
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         if logits.shape[:-1] != labels.shape:
