@@ -50,6 +50,18 @@ _CLIP_WORD_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}
 _END_OF_WORD = '</w>'
 
 
+def pad_id_rows(rows: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unpadded id sequences -> ``txt_ids`` (P, L) right-padded with ``pad_id`` and ``txt_mask`` (P, L) bool,
+    L the longest row."""
+    flat = [row.reshape(-1) for row in rows]
+    txt_ids = torch.full((len(flat), max((len(row) for row in flat), default=0)), pad_id, dtype=torch.long)
+    txt_mask = torch.zeros(txt_ids.shape, dtype=torch.bool)
+    for index, row in enumerate(flat):
+        txt_ids[index, : len(row)] = row
+        txt_mask[index, : len(row)] = True
+    return txt_ids, txt_mask
+
+
 class TextTokenizer(abc.ABC):
     """Common interface: texts to ``(B, L)`` id tensors laid out as ``[bos] tokens [eos] pad...``.
 

@@ -54,6 +54,7 @@ from mmengine.structures import BaseDataElement
 from torch import Tensor, nn
 
 from toolkit.registry import MODELS, TOKENIZERS
+from toolkit.tokenizers import pad_id_rows
 
 from .albef_losses import FeatureQueue, soft_cross_entropy
 from .bert import BertFusionEncoder, convert_hf_bert, load_hf_bert
@@ -248,16 +249,9 @@ class ALBEF(BaseModel):
         device, pad = self.device, int(self.tokenizer.pad_token_id)
         scores = []
         for start in range(0, len(txt_ids), self.itm_eval_batch_size):
-            rows = [ids.reshape(-1) for ids in txt_ids[start : start + self.itm_eval_batch_size]]
-            ids = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
-            for index, row in enumerate(rows):
-                ids[index, : len(row)] = row
-            ids = ids.to(device)
-            mask = (
-                torch.arange(ids.shape[1], device=device)[None]
-                < torch.tensor([len(r) for r in rows], device=device)[:, None]
-            )
-            img_tokens, _ = self.image_features(images[start : start + len(rows)].to(device))
+            ids, mask = pad_id_rows(txt_ids[start : start + self.itm_eval_batch_size], pad)
+            ids, mask = ids.to(device), mask.to(device)
+            img_tokens, _ = self.image_features(images[start : start + len(ids)].to(device))
             hidden, _ = self.text_features(ids, mask)
             logits = self.itm_head(self.text_encoder.fuse(hidden, mask, img_tokens)[:, 0]).float()
             scores.append((logits[:, 1] - logits[:, 0]).cpu())

@@ -63,6 +63,7 @@ from mmengine.structures import BaseDataElement
 from torch import Tensor, nn
 
 from toolkit.registry import MODELS, TOKENIZERS
+from toolkit.tokenizers import pad_id_rows
 
 from .fiber_losses import sample_hard_negatives
 from .generation import generate as generate_ids
@@ -338,12 +339,8 @@ class FIBER(BaseModel):
         device, pad = self.device, int(self.tokenizer.pad_token_id)
         scores = []
         for start in range(0, len(txt_ids), self.itm_eval_batch_size):
-            rows = [ids.reshape(-1) for ids in txt_ids[start : start + self.itm_eval_batch_size]]
-            ids = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
-            mask = torch.zeros(ids.shape, dtype=torch.bool)
-            for index, row in enumerate(rows):
-                ids[index, : len(row)], mask[index, : len(row)] = row, True
-            batch = images[start : start + len(rows)].to(device)
+            ids, mask = pad_id_rows(txt_ids[start : start + self.itm_eval_batch_size], pad)
+            batch = images[start : start + len(ids)].to(device)
             logits = self.itm_logits(batch, ids.to(device), mask.to(device)).float()
             scores.append((logits[:, 1] - logits[:, 0]).cpu())
         return torch.cat(scores) if scores else torch.zeros(0)

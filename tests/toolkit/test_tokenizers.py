@@ -196,3 +196,11 @@ def test_hf_encode_with_offsets_spans_the_input(wordpiece_path: str, word_level_
     ids, spans = words.encode_with_offsets(text)
     assert ids == words.encode(text) == [3, 5, 7]
     assert [text[a:b] for a, b in spans] == ['İ', 'red', 'Circle']
+
+
+def test_pad_id_rows_pads_right_and_masks_the_padding() -> None:
+    from toolkit.tokenizers import pad_id_rows
+
+    ids, mask = pad_id_rows([torch.tensor([5, 6, 7]), torch.tensor([[8]]), torch.tensor([9, 10])], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0], [9, 10, 0]]
+    assert mask.tolist() == [[True, True, True], [True, False, False], [True, True, False]]
