@@ -99,6 +99,18 @@ def _mammut_detector_step(model_cfg: dict) -> None:
     optim.step()
 
 
+def _train_one_step(model: torch.nn.Module, images: list, samples: list) -> dict:
+    """Preprocess, ``mode='loss'``, check the summed loss is finite, backward, one AdamW step; the losses."""
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    data = model.data_preprocessor(dict(inputs=images, data_samples=samples), training=True)
+    losses = model(**data, mode='loss')
+    total = sum(v for k, v in losses.items() if 'loss' in k)
+    assert torch.isfinite(total)
+    total.backward()
+    optim.step()
+    return losses
+
+
 def _fiber_pretrain_step(model_cfg: dict) -> None:
     tiny = Config.fromfile(str(TINY_FIBER)).model
     model_cfg.update(backbone=tiny.backbone.to_dict(), tokenizer=tiny.tokenizer.to_dict())
@@ -108,13 +120,7 @@ def _fiber_pretrain_step(model_cfg: dict) -> None:
         BaseDataElement(text='a red circle above a blue square', img_id=0),
         BaseDataElement(text='two green stars', img_id=1),
     ]
-    optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    data = model.data_preprocessor(dict(inputs=images, data_samples=samples), training=True)
-    losses = model(**data, mode='loss')
-    total = sum(v for k, v in losses.items() if 'loss' in k)
-    assert torch.isfinite(total)
-    total.backward()
-    optim.step()
+    _train_one_step(model, images, samples)
 
 
 def _albef_step(model_cfg: dict) -> None:
@@ -134,13 +140,7 @@ def _albef_step(model_cfg: dict) -> None:
         BaseDataElement(text='a red circle above a blue square', img_id=0),
         BaseDataElement(text='two green stars', img_id=1),
     ]
-    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    data = model.data_preprocessor(dict(inputs=images, data_samples=samples), training=True)
-    losses = model(**data, mode='loss')
-    total = sum(v for k, v in losses.items() if 'loss' in k)
-    assert torch.isfinite(total) and {'loss_itc', 'loss_itm', 'loss_mlm'} <= set(losses)
-    total.backward()
-    optim.step()
+    assert {'loss_itc', 'loss_itm', 'loss_mlm'} <= set(_train_one_step(model, images, samples))
 
 
 def _beit3_step(model_cfg: dict) -> None:
@@ -162,13 +162,7 @@ def _beit3_step(model_cfg: dict) -> None:
     size = backbone['img_size']
     images = [torch.randint(0, 255, (3, size, size), dtype=torch.uint8) for _ in range(3)]
     samples = [BaseDataElement(text=text) for text in ('a red circle', 'two green stars', 'a blue square')]
-    optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    data = model.data_preprocessor(dict(inputs=images, data_samples=samples), training=True)
-    losses = model(**data, mode='loss')
-    total = sum(v for k, v in losses.items() if 'loss' in k)
-    assert torch.isfinite(total)
-    total.backward()
-    optim.step()
+    _train_one_step(model, images, samples)
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.name)

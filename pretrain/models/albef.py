@@ -47,9 +47,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from mmengine.model import BaseModel
 from mmengine.structures import BaseDataElement
 from torch import Tensor, nn
 
@@ -57,24 +55,19 @@ from toolkit.registry import MODELS, TOKENIZERS
 from toolkit.tokenizers import pad_id_rows
 
 from .albef_losses import FeatureQueue, soft_cross_entropy
+from .base import VLBaseModel
 from .bert import BertFusionEncoder, convert_hf_bert, load_hf_bert
 from .fiber import ITMScorer, LMHead
 from .fiber_losses import sample_hard_negatives
-from .losses import gather_with_grad
+from .losses import _world, gather_with_grad
 
 __all__ = ['ALBEF']
 
 _MOMENTUM_PARTS = ('visual_encoder', 'vision_proj', 'text_encoder', 'text_proj', 'mlm_head')
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 @MODELS.register_module()
-class ALBEF(BaseModel):
+class ALBEF(VLBaseModel):
     """ALBEF pretraining (ITC + ITM + MLM with momentum distillation) and retrieval.
 
     Args:
@@ -207,10 +200,6 @@ class ALBEF(BaseModel):
         return self.alpha * min(1.0, float(self.num_updates) / self.alpha_warmup_iters)
 
     # ------------------------------------------------------------------------------------------ encoders
-    @property
-    def device(self) -> torch.device:
-        return self.temp.device
-
     def _tokenize(
         self, texts: Sequence[str], device: torch.device, full: bool = False
     ) -> tuple[Tensor, Tensor]:
@@ -258,17 +247,11 @@ class ALBEF(BaseModel):
         return torch.cat(scores) if scores else torch.zeros(0)
 
     # ------------------------------------------------------------------------------------------ modes
-    def forward(
-        self, inputs: Tensor, data_samples: list[BaseDataElement] | None = None, mode: str = 'tensor'
-    ) -> dict[str, Tensor] | list[BaseDataElement]:
-        if mode == 'loss':
-            return self.loss(inputs, data_samples or [])
-        if mode == 'predict':
-            return self.predict(inputs, data_samples or [])
-        if mode == 'tensor':
-            img_tokens, img_emb = self.image_features(inputs)
-            return {'img_tokens': img_tokens, 'img_emb': img_emb}
-        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+    def _forward_tensor(
+        self, inputs: Tensor, data_samples: list[BaseDataElement] | None
+    ) -> dict[str, Tensor]:
+        img_tokens, img_emb = self.image_features(inputs)
+        return {'img_tokens': img_tokens, 'img_emb': img_emb}
 
     def _img_ids(self, data_samples: list[BaseDataElement], device: torch.device) -> Tensor:
         """``img_id`` of every sample (B,); without any, fresh negative ids (each sample its own image, never

@@ -50,12 +50,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from mmengine.model import BaseModel
 from mmengine.structures import BaseDataElement
 from torch import Tensor, nn
 
 from toolkit.registry import MODELS, TOKENIZERS
 
+from .base import VLBaseModel
 from .fiber_losses import MLMLoss
 
 __all__ = ['BEiT3', 'MDMLoss', 'block_wise_mask']
@@ -151,7 +151,7 @@ class MDMLoss(nn.Module):
 
 
 @MODELS.register_module()
-class BEiT3(BaseModel):
+class BEiT3(VLBaseModel):
     """BEiT-3 pretraining (MDM) and dual-encoder retrieval on a ``MultiwayTransformer``.
 
     Args:
@@ -250,10 +250,6 @@ class BEiT3(BaseModel):
                     nn.init.zeros_(head.bias)
 
     # ------------------------------------------------------------------------------------------ pieces
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
     def _tokenize(self, texts: Sequence[str], device: torch.device) -> tuple[Tensor, Tensor]:
         """Texts -> ``txt_ids`` (B, L) and ``txt_mask`` (B, L) bool, L the longest text of the batch."""
         txt_ids, txt_mask = self.tokenizer.ids_and_mask(texts)
@@ -308,17 +304,11 @@ class BEiT3(BaseModel):
         return self.text_embedding(*self._tokenize(texts, self.device))
 
     # ------------------------------------------------------------------------------------------ modes
-    def forward(
-        self, inputs: Tensor, data_samples: list[BaseDataElement] | None = None, mode: str = 'tensor'
-    ) -> dict[str, Tensor] | list[BaseDataElement]:
-        if mode == 'loss':
-            return self.loss(inputs, data_samples or [])
-        if mode == 'predict':
-            return self.predict(inputs, data_samples or [])
-        if mode == 'tensor':
-            out = self.backbone(images=inputs)
-            return {'img_tokens': out.img_tokens, 'img_emb': self.image_embedding(inputs)}
-        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+    def _forward_tensor(
+        self, inputs: Tensor, data_samples: list[BaseDataElement] | None
+    ) -> dict[str, Tensor]:
+        out = self.backbone(images=inputs)
+        return {'img_tokens': out.img_tokens, 'img_emb': self.image_embedding(inputs)}
 
     def loss(self, inputs: Tensor, data_samples: list[BaseDataElement]) -> dict[str, Tensor]:
         """``loss_mdm`` and/or ``loss_contrastive``, plus logged accuracies."""

@@ -58,13 +58,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from mmengine.model import BaseModel
 from mmengine.structures import BaseDataElement
 from torch import Tensor, nn
 
 from toolkit.registry import MODELS, TOKENIZERS
 from toolkit.tokenizers import pad_id_rows
 
+from .base import VLBaseModel
 from .fiber_losses import sample_hard_negatives
 from .generation import generate as generate_ids
 
@@ -140,7 +140,7 @@ class ITMScorer:
 
 
 @MODELS.register_module()
-class FIBER(BaseModel):
+class FIBER(VLBaseModel):
     """FIBER pretraining / captioning model on ``FIBERBackbone``.
 
     Args:
@@ -292,10 +292,6 @@ class FIBER(BaseModel):
         txt_ids, txt_mask = self.tokenizer.ids_and_mask(texts)
         return txt_ids.to(device), txt_mask.to(device)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
     def current_logit_scale(self) -> Tensor:
         """``exp(logit_scale)`` clamped at 100 (temperature >= 0.01)."""
         return self.logit_scale.exp().clamp(max=100.0)
@@ -374,17 +370,6 @@ class FIBER(BaseModel):
         return self.tokenizer.batch_decode(ids.cpu())
 
     # ------------------------------------------------------------------------------------------ modes
-    def forward(
-        self, inputs: Tensor, data_samples: list[BaseDataElement] | None = None, mode: str = 'tensor'
-    ) -> dict[str, Tensor] | list[BaseDataElement]:
-        if mode == 'loss':
-            return self.loss(inputs, data_samples or [])
-        if mode == 'predict':
-            return self.predict(inputs, data_samples or [])
-        if mode == 'tensor':
-            return self._forward_tensor(inputs, data_samples)
-        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
-
     @staticmethod
     def _img_ids(data_samples: list[BaseDataElement], device: torch.device) -> Tensor:
         """``img_id`` of every sample (B,); without any, each sample is its own image."""

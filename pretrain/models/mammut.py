@@ -36,12 +36,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from mmengine.model import BaseModel
 from mmengine.structures import BaseDataElement
 from torch import Tensor, nn
 
 from toolkit.registry import MODELS, TOKENIZERS
 
+from .base import VLBaseModel
 from .generation import generate as generate_ids
 from .text_decoder import CrossAttention
 
@@ -68,7 +68,7 @@ class AttentionPool(nn.Module):
 
 
 @MODELS.register_module()
-class MaMMUT(BaseModel):
+class MaMMUT(VLBaseModel):
     """MaMMUT pretraining model (contrastive + captioning with one decoder).
 
     Args:
@@ -314,17 +314,6 @@ class MaMMUT(BaseModel):
         return self.tokenizer.batch_decode(ids.cpu())
 
     # ------------------------------------------------------------------ modes
-    def forward(
-        self, inputs: Tensor, data_samples: list[BaseDataElement] | None = None, mode: str = 'tensor'
-    ) -> dict[str, Tensor] | list[BaseDataElement]:
-        if mode == 'loss':
-            return self.loss(inputs, data_samples or [])
-        if mode == 'predict':
-            return self.predict(inputs, data_samples or [])
-        if mode == 'tensor':
-            return self._forward_tensor(inputs, data_samples)
-        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
-
     def draw_pass_order(self) -> bool:
         """Whether the contrastive pass runs first this step (torch's RNG when shuffling)."""
         if self.shuffle_passes and not self.contrastive_only:
