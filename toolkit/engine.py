@@ -48,7 +48,7 @@ def load_config(
     return cfg
 
 
-def build_runner(cfg: Config) -> Runner:
+def build_runner(cfg: Config) -> Any:
     """Build the Runner with safe checkpoint loading and saving in place."""
     install_safe_loader()
     hooks = list(cfg.get('custom_hooks', []) or [])
@@ -56,6 +56,10 @@ def build_runner(cfg: Config) -> Runner:
         hooks.append(dict(type='SafeCheckpointHook'))
     cfg.custom_hooks = hooks
     cfg.setdefault('default_scope', 'toolkit')
+    if cfg.get('strategy') is not None:  # FSDP / DeepSpeed / ColossalAI through MMEngine's FlexibleRunner
+        from toolkit.distributed import build_flexible_runner
+
+        return build_flexible_runner(cfg)
     if cfg.get('launcher', 'none') != 'none' and not torch.cuda.is_available():
         _prepare_cpu_distributed(cfg)
     return Runner.from_cfg(cfg)
