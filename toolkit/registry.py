@@ -14,6 +14,7 @@ from typing import Any
 from mmdet.registry import DATA_SAMPLERS as MMDET_DATA_SAMPLERS
 from mmdet.registry import DATASETS as MMDET_DATASETS
 from mmdet.registry import HOOKS as MMDET_HOOKS
+from mmdet.registry import LOOPS as MMDET_LOOPS
 from mmdet.registry import METRICS as MMDET_METRICS
 from mmdet.registry import MODELS as MMDET_MODELS
 from mmdet.registry import OPTIM_WRAPPERS as MMDET_OPTIM_WRAPPERS
@@ -88,7 +89,12 @@ DATASETS = ToolkitRegistry(
     'dataset',
     parent=MMDET_DATASETS,
     scope='toolkit',
-    locations=['pretrain.datasets.image_text', 'video.datasets.msrvtt', 'detection.datasets.ov_detection'],
+    locations=[
+        'pretrain.datasets.image_text',
+        'video.datasets.msrvtt',
+        'detection.datasets.ov_detection',
+        'toolkit.resume',
+    ],
 )
 TRANSFORMS = ToolkitRegistry(
     'transform',
@@ -97,7 +103,7 @@ TRANSFORMS = ToolkitRegistry(
     locations=['pretrain.datasets.transforms', 'video.datasets.transforms', 'detection.datasets.transforms'],
 )
 DATA_SAMPLERS = ToolkitRegistry(
-    'data sampler', parent=MMDET_DATA_SAMPLERS, scope='toolkit', locations=['toolkit.samplers']
+    'data sampler', parent=MMDET_DATA_SAMPLERS, scope='toolkit', locations=['toolkit.samplers', 'toolkit.resume']
 )
 METRICS = ToolkitRegistry(
     'metric',
@@ -110,6 +116,7 @@ METRICS = ToolkitRegistry(
         'detection.evaluation.ov_metric',
     ],
 )
+LOOPS = ToolkitRegistry('loop', parent=MMDET_LOOPS, scope='toolkit', locations=['toolkit.resume'])
 HOOKS = ToolkitRegistry('hook', parent=MMDET_HOOKS, scope='toolkit', locations=['toolkit.hooks'])
 OPTIM_WRAPPERS = ToolkitRegistry(
     'optim_wrapper', parent=MMDET_OPTIM_WRAPPERS, scope='toolkit', locations=['toolkit.optim']
@@ -127,6 +134,7 @@ def all_registries() -> dict[str, ToolkitRegistry]:
         'TRANSFORMS': TRANSFORMS,
         'METRICS': METRICS,
         'HOOKS': HOOKS,
+        'LOOPS': LOOPS,
         'OPTIM_WRAPPERS': OPTIM_WRAPPERS,
         'TOKENIZERS': TOKENIZERS,
     }
