@@ -1,0 +1,565 @@
+"""Schema checks of annotation files (COCO instances and captions, LVIS v1, MSR-VTT and MSRVTT-QA), and the
+pre-flight scan of the files they reference.
+
+Why a check of its own: the loaders downstream (pycocotools, ``lvis``, mmdet's ``parse_data_info``) index
+into the JSON without looking, so a malformed file fails as a bare ``KeyError: 'bbox'`` somewhere inside
+them, or worse, trains on it: a box of negative size becomes a NaN loss hours later, an annotation of an
+unknown image is silently never seen. Every check here runs once, when the data set is built, and the first
+problem raises :class:`SchemaError` naming the file, the record (``annotations[17] (id 123)``), the key and
+what was expected.
+
+Decisions, shared by all formats:
+
+* **Ids** are JSON integers (not ``true``, not ``"7"``), unique within their list; references
+  (``image_id``, ``category_id``, a sentence's ``video_id``, LVIS's ``neg_category_ids``) must name a
+  listed record.
+* **Boxes** are ``[x, y, w, h]``, four numbers. A negative (or NaN) width or height is malformed. A zero
+  width or height is a degenerate but well-formed box and is allowed by default: COCO train2017 itself has
+  two (annotations 918 and 2206849, line-shaped polygons; cocodataset/cocoapi#355), and mmdet's
+  ``parse_data_info`` drops boxes under 1 px anyway; ``allow_empty_boxes=False`` rejects them. A box must
+  lie inside its image up to ``bbox_tolerance`` pixels (default 1.0): boxes derived from float polygons
+  can overshoot an integer border by rounding, while a box in the wrong units or of the wrong image
+  overshoots by far more.
+* **Captions** (and MSRVTT-QA questions and answers) are non-empty strings (not only whitespace) of at most
+  ``max_caption_chars`` characters (default 10,000: about 2,000 words, far beyond any text encoder's
+  context here, so a longer "caption" is a document or a broken export, not a caption).
+* **File names** are relative paths inside the data root: absolute paths and ``..`` components are refused
+  (a file could otherwise make the loader read anywhere on the machine).
+
+The checks are plain Python loops written for speed (type tests with ``type(x) is int``, comparisons that
+also reject NaN): on a 100k-annotation COCO file they cost a small fraction of ``json.load`` (the numbers
+are in the reliability notes of the README).
+"""
+
+from __future__ import annotations
+
+import os
+import os.path as osp
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NoReturn
+
+__all__ = [
+    'DEFAULT_BBOX_TOLERANCE',
+    'MAX_CAPTION_CHARS',
+    'SchemaError',
+    'check_coco_captions',
+    'check_coco_instances',
+    'check_files_exist',
+    'check_lvis',
+    'check_msrvtt_qa',
+    'check_msrvtt_videodatainfo',
+    'check_relative_path',
+    'load_checked_json',
+    'load_json',
+]
+
+MAX_CAPTION_CHARS = 10_000
+DEFAULT_BBOX_TOLERANCE = 1.0
+_NUMBER = (int, float)  # JSON numbers; ``type(x) in _NUMBER`` also excludes bool
+_MISSING = object()
+_LISTED_DIR_MIN = 32  # referenced files in one folder from which one directory listing beats one stat each
+
+
+class SchemaError(ValueError):
+    """A malformed annotation file. ``file``, ``record`` and ``key`` say where (``key`` is None when the
+    record itself is wrong); the message says that and what was expected.
+
+    Constructible from the message alone, as DataLoader workers re-raise exceptions.
+    """
+
+    def __init__(self, message: str, *, file: str = '', record: str = '', key: str | None = None) -> None:
+        super().__init__(message)
+        self.file, self.record, self.key = file, record, key
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr`` of a value cut to ``limit`` characters (a huge caption must not flood the message)."""
+    text = repr(value)
+    return text if len(text) <= limit else f'{text[:limit]}... ({len(text)} characters)'
+
+
+def _name(list_key: str, index: int, record: Any, id_key: str = 'id') -> str:
+    """``annotations[17] (id 123)``: the record's place and, when it has a usable one, its id."""
+    rec_id = record.get(id_key) if isinstance(record, dict) else None
+    return (
+        f'{list_key}[{index}] ({id_key} {rec_id!r})' if type(rec_id) in (int, str) else f'{list_key}[{index}]'
+    )
+
+
+def _type_name(value: Any) -> str:
+    return 'nothing (key missing)' if value is _MISSING else f'{type(value).__name__} {_short(value)}'
+
+
+class _File:
+    """The checks' access to one file's name, for messages."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, record: str, key: str | None, problem: str) -> NoReturn:
+        where = record if key is None else f'{record}, key {key!r}'
+        raise SchemaError(f'{self.source}: {where}: {problem}', file=self.source, record=record, key=key)
+
+    def records(self, ann: Any, key: str, what: str) -> list[Any]:
+        """``ann[key]``, which must be a list (of objects: each loop checks its own)."""
+        if not isinstance(ann, dict):
+            self.fail('top level', None, f'expected an object with {key!r}, got {type(ann).__name__}')
+        value = ann.get(key, _MISSING)
+        if type(value) is not list:
+            self.fail('top level', key, f'expected a list of {what}, got {_type_name(value)}')
+        return value
+
+    def duplicates(self, list_key: str, records: Sequence[Any], ids: list[Any], id_key: str = 'id') -> None:
+        """Fail on the second record of a repeated id (``ids`` in record order, one per record)."""
+        if len(set(ids)) == len(ids):
+            return
+        first: dict[Any, int] = {}
+        for index, rec_id in enumerate(ids):
+            if rec_id in first:
+                self.fail(
+                    _name(list_key, index, records[index], id_key),
+                    id_key,
+                    f'duplicate {id_key} {rec_id!r} (also {list_key}[{first[rec_id]}])',
+                )
+            first[rec_id] = index
+
+    def text(self, record: str, key: str, value: Any, max_chars: int) -> None:
+        """A non-empty string of at most ``max_chars`` characters."""
+        if type(value) is not str:
+            self.fail(record, key, f'expected a string, got {_type_name(value)}')
+        if not value or value.isspace():
+            self.fail(record, key, f'expected a non-empty text, got {value!r}')
+        if len(value) > max_chars:
+            self.fail(record, key, f'text of {len(value)} characters exceeds max_caption_chars={max_chars}')
+
+
+def check_relative_path(name: Any) -> str | None:
+    """Why ``name`` is not a usable relative path inside a data root, or None when it is."""
+    if type(name) is not str:
+        return f'expected a string path, got {_type_name(name)}'
+    if not name:
+        return 'expected a file name, got an empty string'
+    norm = name.replace('\\', '/')
+    if norm.startswith('/') or osp.isabs(name) or (len(norm) > 1 and norm[1] == ':'):
+        return f'{name!r} escapes the data root (an absolute path; expected one relative to it)'
+    if '..' in norm and '..' in norm.split('/'):
+        return f'{name!r} escapes the data root (a ".." component; expected a path inside it)'
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+def _images(
+    f: _File,
+    images: list[Any],
+    *,
+    need_size: bool,
+    path_of: Callable[[dict[str, Any]], Any] | None,
+    path_key: str,
+) -> dict[int, tuple[float, float] | None]:
+    """Check ``images``; return ``{id: (width, height)}`` (None where a captions file gives no size)."""
+    sizes: dict[int, tuple[float, float] | None] = {}
+    for i, im in enumerate(images):
+        if type(im) is not dict:
+            f.fail(f'images[{i}]', None, f'expected an object, got {_type_name(im)}')
+        img_id = im.get('id', _MISSING)
+        if type(img_id) is not int:
+            f.fail(_name('images', i, im), 'id', f'expected an integer id, got {_type_name(img_id)}')
+        if img_id in sizes:
+            first = next(j for j, other in enumerate(images) if other.get('id') == img_id)
+            f.fail(_name('images', i, im), 'id', f'duplicate id {img_id} (also images[{first}])')
+        width, height = im.get('width', _MISSING), im.get('height', _MISSING)
+        if need_size or width is not _MISSING or height is not _MISSING:
+            for key, value in (('width', width), ('height', height)):
+                if type(value) not in _NUMBER or not value > 0:
+                    f.fail(
+                        _name('images', i, im), key, f'expected a positive number, got {_type_name(value)}'
+                    )
+            sizes[img_id] = (width, height)
+        else:
+            sizes[img_id] = None
+        if path_of is not None:
+            problem = check_relative_path(path_of(im))
+            if problem is not None:
+                f.fail(_name('images', i, im), path_key, problem)
+    return sizes
+
+
+def _categories(f: _File, categories: list[Any], *, lvis: bool) -> set[int]:
+    """Check ``categories`` (unique ids and names; LVIS: a frequency group); return the ids."""
+    ids: list[Any] = []
+    names: list[Any] = []
+    for i, cat in enumerate(categories):
+        if type(cat) is not dict:
+            f.fail(f'categories[{i}]', None, f'expected an object, got {_type_name(cat)}')
+        cat_id, name = cat.get('id', _MISSING), cat.get('name', _MISSING)
+        if type(cat_id) is not int:
+            f.fail(_name('categories', i, cat), 'id', f'expected an integer id, got {_type_name(cat_id)}')
+        if type(name) is not str or not name.strip():
+            f.fail(
+                _name('categories', i, cat), 'name', f'expected a non-empty string, got {_type_name(name)}'
+            )
+        frequency = cat.get('frequency', _MISSING)
+        if lvis and frequency not in ('f', 'c', 'r'):
+            problem = f'expected "f", "c" or "r" (LVIS frequency group), got {_type_name(frequency)}'
+            f.fail(_name('categories', i, cat), 'frequency', problem)
+        ids.append(cat_id)
+        names.append(name)
+    f.duplicates('categories', categories, ids)
+    f.duplicates('categories', categories, names, 'name')
+    return set(ids)
+
+
+def _boxes(
+    f: _File,
+    anns: list[Any],
+    sizes: dict[int, tuple[float, float] | None],
+    cat_ids: set[int],
+    *,
+    tolerance: float,
+    allow_empty: bool,
+) -> None:
+    """Check instance ``annotations``: ids, references, bbox, area, iscrowd, segmentation's type."""
+    ids: list[Any] = []
+    for i, a in enumerate(anns):
+        if type(a) is not dict:
+            f.fail(f'annotations[{i}]', None, f'expected an object, got {_type_name(a)}')
+        ann_id = a.get('id', _MISSING)
+        if type(ann_id) is not int:
+            f.fail(_name('annotations', i, a), 'id', f'expected an integer id, got {_type_name(ann_id)}')
+        ids.append(ann_id)
+        image_id = a.get('image_id', _MISSING)
+        if type(image_id) is not int or image_id not in sizes:
+            problem = (
+                f'expected an integer id, got {_type_name(image_id)}'
+                if type(image_id) is not int
+                else f'{image_id} is not an id in "images" (unknown image id)'
+            )
+            f.fail(_name('annotations', i, a), 'image_id', problem)
+        category_id = a.get('category_id', _MISSING)
+        if type(category_id) is not int or category_id not in cat_ids:
+            problem = (
+                f'expected an integer id, got {_type_name(category_id)}'
+                if type(category_id) is not int
+                else f'{category_id} is not an id in "categories" (unknown category id)'
+            )
+            f.fail(_name('annotations', i, a), 'category_id', problem)
+        bbox = a.get('bbox', _MISSING)
+        if type(bbox) is not list or len(bbox) != 4:
+            f.fail(
+                _name('annotations', i, a), 'bbox', f'expected 4 numbers [x, y, w, h], got {_type_name(bbox)}'
+            )
+        x, y, w, h = bbox
+        if (
+            type(x) not in _NUMBER
+            or type(y) not in _NUMBER
+            or type(w) not in _NUMBER
+            or type(h) not in _NUMBER
+        ):
+            f.fail(_name('annotations', i, a), 'bbox', f'expected 4 numbers [x, y, w, h], got {_short(bbox)}')
+        if not (w >= 0 and h >= 0):  # written so that NaN fails too
+            f.fail(_name('annotations', i, a), 'bbox', f'width and height must be >= 0, got {_short(bbox)}')
+        if not allow_empty and not (w > 0 and h > 0):
+            f.fail(
+                _name('annotations', i, a), 'bbox', f'empty box (allow_empty_boxes=False), got {_short(bbox)}'
+            )
+        size = sizes[image_id]
+        if size is not None and not (
+            x >= -tolerance
+            and y >= -tolerance
+            and x + w <= size[0] + tolerance
+            and y + h <= size[1] + tolerance
+        ):
+            f.fail(
+                _name('annotations', i, a),
+                'bbox',
+                f'{_short(bbox)} lies outside image {image_id} ({size[0]}x{size[1]}, '
+                f'bbox_tolerance={tolerance} px)',
+            )
+        area = a.get('area', _MISSING)
+        if type(area) not in _NUMBER or not area >= 0:
+            f.fail(_name('annotations', i, a), 'area', f'expected a number >= 0, got {_type_name(area)}')
+        if a.get('iscrowd', 0) not in (0, 1):
+            f.fail(_name('annotations', i, a), 'iscrowd', f'expected 0 or 1, got {_type_name(a["iscrowd"])}')
+        segmentation = a.get('segmentation')
+        if segmentation is not None and type(segmentation) not in (list, dict):
+            f.fail(
+                _name('annotations', i, a),
+                'segmentation',
+                f'expected polygons (a list) or RLE (an object), got {_type_name(segmentation)}',
+            )
+    f.duplicates('annotations', anns, ids)
+
+
+# ---------------------------------------------------------------------------------------------- formats
+def check_coco_instances(
+    ann: Any,
+    *,
+    source: str,
+    bbox_tolerance: float = DEFAULT_BBOX_TOLERANCE,
+    allow_empty_boxes: bool = True,
+) -> None:
+    """A COCO instances file: ``images`` (``id``, ``file_name``, ``width``, ``height``), ``categories``
+    (``id``, ``name``) and ``annotations`` (``id``, ``image_id``, ``category_id``, ``bbox``, ``area``;
+    optional ``iscrowd`` and ``segmentation``). ``source`` names the file in messages."""
+    f = _File(source)
+    images = f.records(ann, 'images', 'image objects')
+    anns = f.records(ann, 'annotations', 'annotation objects')
+    categories = f.records(ann, 'categories', 'category objects')
+    sizes = _images(
+        f, images, need_size=True, path_of=lambda im: im.get('file_name', _MISSING), path_key='file_name'
+    )
+    cat_ids = _categories(f, categories, lvis=False)
+    _boxes(f, anns, sizes, cat_ids, tolerance=bbox_tolerance, allow_empty=allow_empty_boxes)
+
+
+def check_lvis(
+    ann: Any,
+    *,
+    source: str,
+    url_prefix: str = 'http://images.cocodataset.org/',
+    bbox_tolerance: float = DEFAULT_BBOX_TOLERANCE,
+    allow_empty_boxes: bool = True,
+) -> None:
+    """An LVIS v1 file: as COCO instances, but images are found by ``coco_url`` (``url_prefix`` followed by
+    a relative path, as mmdet's ``LVISV1Dataset`` reads it) and carry ``neg_category_ids`` and
+    ``not_exhaustive_category_ids`` (known category ids, which LVIS evaluation reads); categories carry a
+    ``frequency`` group."""
+    f = _File(source)
+    images = f.records(ann, 'images', 'image objects')
+    anns = f.records(ann, 'annotations', 'annotation objects')
+    categories = f.records(ann, 'categories', 'category objects')
+    cat_ids = _categories(f, categories, lvis=True)
+
+    sizes = _images(f, images, need_size=True, path_of=None, path_key='coco_url')
+    for i, im in enumerate(images):
+        url = im.get('coco_url', _MISSING)
+        if type(url) is not str or not url.startswith(url_prefix):
+            f.fail(
+                _name('images', i, im),
+                'coco_url',
+                f'expected a URL starting with {url_prefix!r}, got {_type_name(url)}',
+            )
+        problem = check_relative_path(url[len(url_prefix) :])
+        if problem is not None:
+            f.fail(_name('images', i, im), 'coco_url', problem)
+        for key in ('neg_category_ids', 'not_exhaustive_category_ids'):
+            value = im.get(key, _MISSING)
+            if type(value) is not list or any(type(c) is not int for c in value):
+                f.fail(
+                    _name('images', i, im), key, f'expected a list of category ids, got {_type_name(value)}'
+                )
+            unknown = set(value).difference(cat_ids)
+            if unknown:
+                f.fail(_name('images', i, im), key, f'unknown category ids {sorted(unknown)[:5]}')
+    _boxes(f, anns, sizes, cat_ids, tolerance=bbox_tolerance, allow_empty=allow_empty_boxes)
+
+
+def check_coco_captions(ann: Any, *, source: str, max_caption_chars: int = MAX_CAPTION_CHARS) -> None:
+    """A COCO captions file: ``images`` (``id``, ``file_name``; ``width``/``height`` checked when given) and
+    ``annotations`` (``image_id``, ``caption``; ``id`` optional, unique when given)."""
+    f = _File(source)
+    images = f.records(ann, 'images', 'image objects')
+    anns = f.records(ann, 'annotations', 'caption objects')
+    sizes = _images(
+        f, images, need_size=False, path_of=lambda im: im.get('file_name', _MISSING), path_key='file_name'
+    )
+    ids: list[Any] = []
+    for i, a in enumerate(anns):
+        if type(a) is not dict:
+            f.fail(f'annotations[{i}]', None, f'expected an object, got {_type_name(a)}')
+        image_id = a.get('image_id', _MISSING)
+        if type(image_id) is not int or image_id not in sizes:
+            problem = (
+                f'expected an integer id, got {_type_name(image_id)}'
+                if type(image_id) is not int
+                else f'{image_id} is not an id in "images" (unknown image id)'
+            )
+            f.fail(_name('annotations', i, a), 'image_id', problem)
+        caption = a.get('caption', _MISSING)
+        if type(caption) is not str or not caption or caption.isspace() or len(caption) > max_caption_chars:
+            f.text(_name('annotations', i, a), 'caption', caption, max_caption_chars)
+        if 'id' in a:
+            if type(a['id']) is not int:
+                f.fail(_name('annotations', i, a), 'id', f'expected an integer id, got {_type_name(a["id"])}')
+            ids.append(a['id'])
+    f.duplicates('annotations', [a for a in anns if 'id' in a], ids)
+
+
+def check_msrvtt_videodatainfo(ann: Any, *, source: str, max_caption_chars: int = MAX_CAPTION_CHARS) -> None:
+    """An MSR-VTT ``*_videodatainfo.json``: ``videos`` (``video_id`` 'videoN', a file stem inside the video
+    folder; integer ``id``; ``split``; optional integer ``category``) and ``sentences`` (``video_id`` of a
+    listed video, ``caption``; optional integer ``sen_id``, unique)."""
+    f = _File(source)
+    videos = f.records(ann, 'videos', 'video objects')
+    sentences = f.records(ann, 'sentences', 'sentence objects')
+    names: list[Any] = []
+    ids: list[Any] = []
+    for i, video in enumerate(videos):
+        if type(video) is not dict:
+            f.fail(f'videos[{i}]', None, f'expected an object, got {_type_name(video)}')
+        record = _name('videos', i, video, 'video_id')
+        problem = check_relative_path(video.get('video_id', _MISSING))
+        if problem is not None:
+            f.fail(record, 'video_id', problem)
+        if type(video.get('id', _MISSING)) is not int:
+            f.fail(record, 'id', f'expected an integer id, got {_type_name(video.get("id", _MISSING))}')
+        if type(video.get('split', _MISSING)) is not str:
+            f.fail(record, 'split', f'expected a string, got {_type_name(video.get("split", _MISSING))}')
+        if 'category' in video and type(video['category']) is not int:
+            f.fail(record, 'category', f'expected an integer, got {_type_name(video["category"])}')
+        names.append(video['video_id'])
+        ids.append(video['id'])
+    f.duplicates('videos', videos, names, 'video_id')
+    f.duplicates('videos', videos, ids)
+    known = set(names)
+    sen_ids: list[Any] = []
+    for i, sentence in enumerate(sentences):
+        if type(sentence) is not dict:
+            f.fail(f'sentences[{i}]', None, f'expected an object, got {_type_name(sentence)}')
+        video_id = sentence.get('video_id', _MISSING)
+        if type(video_id) is not str or video_id not in known:
+            problem = (
+                f'expected a string video id, got {_type_name(video_id)}'
+                if type(video_id) is not str
+                else f'{video_id!r} is not a video_id in "videos" (unknown video id)'
+            )
+            f.fail(_name('sentences', i, sentence, 'sen_id'), 'video_id', problem)
+        caption = sentence.get('caption', _MISSING)
+        if type(caption) is not str or not caption or caption.isspace() or len(caption) > max_caption_chars:
+            f.text(_name('sentences', i, sentence, 'sen_id'), 'caption', caption, max_caption_chars)
+        if 'sen_id' in sentence:
+            if type(sentence['sen_id']) is not int:
+                f.fail(
+                    _name('sentences', i, sentence, 'sen_id'),
+                    'sen_id',
+                    f'expected an integer, got {_type_name(sentence["sen_id"])}',
+                )
+            sen_ids.append(sentence['sen_id'])
+    f.duplicates('sentences', [s for s in sentences if 'sen_id' in s], sen_ids, 'sen_id')
+
+
+def check_msrvtt_qa(ann: Any, *, source: str, max_caption_chars: int = MAX_CAPTION_CHARS) -> None:
+    """An MSRVTT-QA file: a list of ``{id, question, answer, video_id}`` (``video_id`` an integer, or a string
+    of digits; optional integer ``category_id``, the question type), ``id`` unique."""
+    f = _File(source)
+    if type(ann) is not list:
+        f.fail(
+            'top level',
+            None,
+            f'expected a list of question objects (MSRVTT-QA format), got {_type_name(ann)}',
+        )
+    ids: list[Any] = []
+    for i, qa in enumerate(ann):
+        if type(qa) is not dict:
+            f.fail(f'[{i}]', None, f'expected an object, got {_type_name(qa)}')
+        record = _name('', i, qa)
+        qa_id = qa.get('id', _MISSING)
+        if type(qa_id) not in (int, str):
+            f.fail(record, 'id', f'expected an integer or string id, got {_type_name(qa_id)}')
+        ids.append(qa_id)
+        video_id = qa.get('video_id', _MISSING)
+        if not (type(video_id) is int or (type(video_id) is str and video_id.isdigit())):
+            f.fail(record, 'video_id', f'expected an integer video id, got {_type_name(video_id)}')
+        for key in ('question', 'answer'):
+            value = qa.get(key, _MISSING)
+            if type(value) is not str or not value or value.isspace() or len(value) > max_caption_chars:
+                f.text(record, key, value, max_caption_chars)
+        if 'category_id' in qa and type(qa['category_id']) is not int:
+            f.fail(record, 'category_id', f'expected an integer, got {_type_name(qa["category_id"])}')
+    f.duplicates('', ann, ids)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_json(path: str, *, backend_args: dict[str, Any] | None = None) -> Any:
+    """Parse a JSON file (through an mmengine file backend when ``backend_args`` names one); a missing file
+    raises FileNotFoundError and invalid JSON a SchemaError, each naming the file."""
+    from mmengine.fileio import get_local_path
+
+    if backend_args is None and '://' not in path and not osp.isfile(path):
+        raise FileNotFoundError(f'annotation file {path} does not exist')
+    import json
+
+    with get_local_path(path, backend_args=backend_args) as local_path, open(local_path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise SchemaError(f'{path}: not valid JSON ({err})', file=path, record='top level') from None
+
+
+def load_checked_json(
+    path: str, check: Callable[..., None], *, backend_args: dict[str, Any] | None = None, **options: Any
+) -> Any:
+    """:func:`load_json` then ``check(ann, source=path, **options)``; the parsed JSON."""
+    ann = load_json(path, backend_args=backend_args)
+    check(ann, source=path, **options)
+    return ann
+
+
+# ---------------------------------------------------------------------------------------------- pre-flight
+def _existing(paths: Iterable[str]) -> set[str]:
+    """Those of ``paths`` that are files. A folder holding many of them is listed once instead of stat-ing
+    each file: on network file systems (NFS, Lustre) a stat is a round trip, a listing one for thousands."""
+    by_dir: dict[str, list[str]] = defaultdict(list)
+    for path in paths:
+        by_dir[osp.dirname(path)].append(path)
+    found: set[str] = set()
+    for folder, members in by_dir.items():
+        if len(members) < _LISTED_DIR_MIN:
+            found.update(p for p in members if osp.isfile(p))
+            continue
+        try:
+            with os.scandir(folder or '.') as entries:
+                files = {entry.name for entry in entries if entry.is_file()}
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        found.update(p for p in members if osp.basename(p) in files)
+    return found
+
+
+def check_files_exist(
+    records: list[dict[str, Any]],
+    *,
+    ann_file: str,
+    path_key: str = 'img_path',
+    id_key: str = 'img_id',
+    kind: str = 'image',
+    on_missing: str = 'raise',
+) -> list[dict[str, Any]]:
+    """The pre-flight scan: every ``record[path_key]`` must be a file, checked when the data set is built
+    (a stat or a directory listing, never a read), so a missing file fails now and not mid-epoch.
+
+    A missing file raises FileNotFoundError naming ``ann_file``, the record (``{kind} id ...``) and the
+    path; with ``on_missing='skip'`` its records are dropped and each counted with
+    :func:`toolkit.skips.record_skip`. Remote paths (``s3://...``) cannot be stat-ed: the data set's
+    ``check_files=False`` turns the scan off for remote storage. Returns the kept records.
+    """
+    if on_missing not in ('raise', 'skip'):
+        raise ValueError(f"on_missing must be 'raise' or 'skip', got {on_missing!r}")
+    paths = [record[path_key] for record in records]
+    remote = next((p for p in paths if '://' in p), None)
+    if remote is not None:
+        raise ValueError(
+            f'{ann_file}: cannot check that the remote file {remote} exists; '
+            'set check_files=False for remote storage'
+        )
+    found = _existing(paths)
+    if len(found) == len(set(paths)):
+        return records
+    from toolkit.skips import record_skip
+
+    kept = []
+    for record in records:
+        path = record[path_key]
+        if path in found:
+            kept.append(record)
+            continue
+        if on_missing == 'raise':
+            raise FileNotFoundError(
+                f'{ann_file}: {kind} {path} ({kind} id {record.get(id_key)!r}) does not exist '
+                "(on_missing='skip' drops such records, counted)"
+            )
+        record_skip(kind, path, f'does not exist (listed in {ann_file})', record_id=record.get(id_key))
+    if not kept:
+        raise FileNotFoundError(f'{ann_file}: none of the {len(records)} {kind} files exists')
+    return kept
