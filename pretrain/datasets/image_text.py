@@ -8,7 +8,6 @@ evaluation keeps every caption as a reference (``gt_captions``).
 from __future__ import annotations
 
 import csv
-import json
 import os.path as osp
 from collections import defaultdict
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from mmengine.dataset import BaseDataset
 
 from toolkit.registry import DATASETS
+from toolkit.schema import check_coco_captions, check_files_exist, load_checked_json
 
 __all__ = ['ImageCaptionDataset', 'ImageTextCsvDataset']
 
@@ -38,7 +38,10 @@ class ImageCaptionDataset(BaseDataset):
             retargets a config.
         data_prefix: ``dict(img_path=...)``, the image folder relative to ``data_root``.
         check_files: Check at build time that every image exists (a pre-flight scan, so a
-            missing file fails now, naming the file, not in the middle of an epoch).
+            missing file fails now, naming the file, not in the middle of an epoch). Turn it off for
+            remote storage.
+        on_missing: ``'raise'`` (a missing image fails the build) or ``'skip'`` (its record is
+            dropped and counted in the skip ledger, :mod:`toolkit.skips`).
         **kwargs: Passed to ``mmengine.dataset.BaseDataset`` (``pipeline``, ``test_mode``,
             ``indices``, ``serialize_data``, ...).
     """
@@ -46,50 +49,31 @@ class ImageCaptionDataset(BaseDataset):
     METAINFO: dict[str, Any] = dict(dataset_type='image_caption')
 
     def __init__(self, *, ann_file: str, data_root: str = '', data_prefix: dict[str, str] | None = None,
-                 check_files: bool = True, **kwargs: Any) -> None:  # fmt: skip
-        self.check_files = check_files
+                 check_files: bool = True, on_missing: str = 'raise', **kwargs: Any) -> None:  # fmt: skip
+        self.check_files, self.on_missing = check_files, on_missing
         super().__init__(
             ann_file=ann_file, data_root=data_root, data_prefix=data_prefix or dict(img_path=''), **kwargs
         )
 
     def load_data_list(self) -> list[dict[str, Any]]:
-        if not osp.isfile(self.ann_file):
-            raise FileNotFoundError(f'annotation file {self.ann_file} does not exist')
-        with open(self.ann_file) as f:
-            try:
-                ann = json.load(f)
-            except json.JSONDecodeError as err:
-                raise ValueError(f'{self.ann_file}: not valid JSON ({err})') from None
-        for key in ('images', 'annotations'):
-            if not isinstance(ann.get(key), list):
-                raise ValueError(f'{self.ann_file}: missing list {key!r} (COCO captions format expected)')
-
+        # The schema check names the record and key of any malformed entry (types, unknown image ids,
+        # empty or huge captions, file names escaping the root), so the loop below can trust the file.
+        ann = load_checked_json(self.ann_file, check_coco_captions)
         captions: dict[int, list[str]] = defaultdict(list)
-        for i, record in enumerate(ann['annotations']):
-            if not isinstance(record.get('caption'), str) or 'image_id' not in record:
-                raise ValueError(
-                    f'{self.ann_file}: annotations[{i}] needs a string "caption" and an "image_id"'
-                )
+        for record in ann['annotations']:
             captions[record['image_id']].append(record['caption'].strip())
 
         img_root = self.data_prefix.get('img_path', '')
         data_list = []
-        for i, image in enumerate(ann['images']):
-            if 'id' not in image or not isinstance(image.get('file_name'), str):
-                raise ValueError(f'{self.ann_file}: images[{i}] needs "id" and a string "file_name"')
+        for image in ann['images']:
             if not captions.get(image['id']):
                 continue  # an image without captions has nothing to learn or evaluate
-            img_path = _resolve_inside(img_root, image['file_name'], self.ann_file)
-            if self.check_files and not osp.isfile(img_path):
-                raise FileNotFoundError(
-                    f'{self.ann_file}: image {img_path} (id {image["id"]}) does not exist'
-                )
-            data_list.append(dict(img_path=img_path, img_id=int(image['id']), captions=captions[image['id']]))
-        unknown = set(captions) - {image['id'] for image in ann['images']}
-        if unknown:
-            raise ValueError(f'{self.ann_file}: captions refer to unknown image ids {sorted(unknown)[:5]}')
+            img_path = osp.join(img_root, image['file_name'])
+            data_list.append(dict(img_path=img_path, img_id=image['id'], captions=captions[image['id']]))
         if not data_list:
             raise ValueError(f'{self.ann_file}: no image with captions')
+        if self.check_files:
+            data_list = check_files_exist(data_list, ann_file=self.ann_file, on_missing=self.on_missing)
         return data_list
 
     def __repr__(self) -> str:
@@ -109,15 +93,17 @@ class ImageTextCsvDataset(BaseDataset):
         img_key: Column of image paths (open_clip: ``filepath``).
         caption_key: Column of captions (open_clip: ``title``).
         sep: Column separator (tab for open_clip's CC3M files).
-        check_files: Pre-flight check that every image exists.
+        check_files: Pre-flight check that every image exists (off for remote storage).
+        on_missing: ``'raise'`` or ``'skip'`` a row whose image is missing (counted, :mod:`toolkit.skips`).
     """
 
     METAINFO: dict[str, Any] = dict(dataset_type='image_text_csv')
 
     def __init__(self, *, ann_file: str, data_root: str = '', data_prefix: dict[str, str] | None = None,
                  img_key: str = 'filepath', caption_key: str = 'title', sep: str = '\t',
-                 check_files: bool = True, **kwargs: Any) -> None:  # fmt: skip
+                 check_files: bool = True, on_missing: str = 'raise', **kwargs: Any) -> None:  # fmt: skip
         self.img_key, self.caption_key, self.sep, self.check_files = img_key, caption_key, sep, check_files
+        self.on_missing = on_missing
         super().__init__(
             ann_file=ann_file, data_root=data_root, data_prefix=data_prefix or dict(img_path=''), **kwargs
         )
@@ -144,9 +130,9 @@ class ImageTextCsvDataset(BaseDataset):
         data_list = []
         for img_id, (file_name, texts) in enumerate(captions.items()):
             img_path = _resolve_inside(img_root, file_name, self.ann_file)
-            if self.check_files and not osp.isfile(img_path):
-                raise FileNotFoundError(f'{self.ann_file}: image {img_path} does not exist')
             data_list.append(dict(img_path=img_path, img_id=img_id, captions=texts))
         if not data_list:
             raise ValueError(f'{self.ann_file}: no rows')
+        if self.check_files:
+            data_list = check_files_exist(data_list, ann_file=self.ann_file, on_missing=self.on_missing)
         return data_list

@@ -67,7 +67,7 @@ def _write_ann(root: Path, images: list, annotations: list) -> str:
         (
             [{'id': 1, 'file_name': '000000000001.jpg'}],
             [{'image_id': 9, 'caption': 'x'}],
-            'unknown image ids',
+            'unknown image id',
         ),
         ([{'id': 1, 'file_name': '000000000001.jpg'}], [{'image_id': 1, 'caption': 3}], r'annotations\[0\]'),
     ],
