@@ -303,6 +303,10 @@ class FIBERBackbone(BaseModule):
             initialize(self, self.init_cfg)
         self._is_init = True
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """The ``with_cp`` switch, under the name the pretraining encoders use."""
+        self.with_cp = enable
+
     # ----------------------------------------------------------------------------------------------- running
     def _maybe_cp(self, fn: Callable[..., Tensor], *args: Any) -> Tensor:
         if self.with_cp and self.training and torch.is_grad_enabled():

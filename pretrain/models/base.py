@@ -42,3 +42,10 @@ class VLBaseModel(BaseModel):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Switch gradient checkpointing of every encoder / decoder that has the switch (ViT, BERT, Multiway,
+        FIBER backbone, text decoder); the constructor flags of the sub-configs set the same attribute."""
+        for module in self.modules():
+            if module is not self and hasattr(module, 'set_grad_checkpointing'):
+                module.set_grad_checkpointing(enable)

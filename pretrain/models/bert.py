@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ['BertFusionEncoder', 'convert_hf_bert', 'load_hf_bert']
 
@@ -122,6 +123,8 @@ class BertFusionEncoder(nn.Module):
         init_std: standard deviation of the normal initialisation of the linear and embedding weights (BERT
             0.02). From scratch, 0.02 makes attention nearly uniform and its output tiny, so the first token
             hardly depends on the text; a larger value lets ITC start (see the Shapes World ALBEF config).
+        grad_checkpointing: recompute each layer in the backward pass while training with gradients (keeps one
+            (B, L, H) input per layer instead of its attention and FFN activations).
 
     Shapes: ``txt_ids`` (B, L) long, ``txt_mask`` (B, L) bool (True = real token), ``img_tokens`` (B, N, C)
     -> hidden states (B, L, H).
@@ -144,6 +147,7 @@ class BertFusionEncoder(nn.Module):
         dropout: float = 0.1,
         attn_dropout: float = 0.1,
         init_std: float = 0.02,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if not 0 <= num_text_layers <= num_layers:
@@ -151,6 +155,7 @@ class BertFusionEncoder(nn.Module):
         self.hidden_size = hidden_size
         self.num_text_layers = num_text_layers
         self.max_positions = max_positions
+        self.grad_checkpointing = grad_checkpointing
         self.word_embed = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
         self.pos_embed = nn.Embedding(max_positions, hidden_size)
         self.type_embed = nn.Embedding(type_vocab_size, hidden_size)
@@ -184,6 +189,22 @@ class BertFusionEncoder(nn.Module):
     def fusion_layers(self) -> nn.ModuleList:
         return self.layers[self.num_text_layers :]  # type: ignore[return-value]
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def _run_layer(
+        self,
+        layer: nn.Module,
+        x: Tensor,
+        txt_mask: Tensor | None,
+        img_tokens: Tensor | None = None,
+        img_mask: Tensor | None = None,
+    ) -> Tensor:
+        # Non-reentrant checkpointing restores the RNG state, so dropout masks are the same when recomputed.
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, x, txt_mask, img_tokens, img_mask, use_reentrant=False)
+        return layer(x, txt_mask, img_tokens, img_mask)
+
     def embed(self, txt_ids: Tensor) -> Tensor:
         if txt_ids.shape[1] > self.max_positions:
             raise ValueError(f'{txt_ids.shape[1]} tokens exceed the {self.max_positions} learned positions')
@@ -195,7 +216,7 @@ class BertFusionEncoder(nn.Module):
         """The unimodal text encoder: embeddings + the first ``num_text_layers`` layers -> (B, L, H)."""
         x = self.embed(txt_ids)
         for layer in self.layers[: self.num_text_layers]:
-            x = layer(x, txt_mask)
+            x = self._run_layer(layer, x, txt_mask)
         return x
 
     def fuse(
@@ -204,7 +225,7 @@ class BertFusionEncoder(nn.Module):
         """The fusion encoder on text hidden states (B, L, H) and image tokens (B, N, C) -> (B, L, H)."""
         x = txt_hidden
         for layer in self.fusion_layers:
-            x = layer(x, txt_mask, img_tokens, img_mask)
+            x = self._run_layer(layer, x, txt_mask, img_tokens, img_mask)
         return x
 
     def forward(self, txt_ids: Tensor, txt_mask: Tensor, img_tokens: Tensor) -> Tensor:

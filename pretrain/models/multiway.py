@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from mmengine.model import BaseModule
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from toolkit.registry import MODELS
 
@@ -225,6 +226,8 @@ class MultiwayTransformer(BaseModule):
         layer_norm_eps: eps of every LayerNorm (torchscale: 1e-5).
         dropout: dropout on attention probabilities, residual branches and embeddings.
         drop_path_rate: stochastic depth, linearly increasing to this value over the layers.
+        grad_checkpointing: recompute each layer in the backward pass while training with gradients (one
+            (B, N, D) input kept per layer instead of its attention and expert activations).
         init_cfg: MMEngine init config (e.g. a ``Pretrained`` converted checkpoint).
 
     ``forward(images=None (B, 3, H, W), txt_ids=None (B, L), txt_mask=None (B, L) bool True at real tokens,
@@ -249,6 +252,7 @@ class MultiwayTransformer(BaseModule):
         layer_norm_eps: float = 1e-5,
         dropout: float = 0.0,
         drop_path_rate: float = 0.0,
+        grad_checkpointing: bool = False,
         init_cfg: dict | list[dict] | None = None,
     ) -> None:
         super().__init__(init_cfg=init_cfg)
@@ -264,6 +268,7 @@ class MultiwayTransformer(BaseModule):
         self.num_patches = self.grid**2
         self.embed_dim, self.depth, self.max_text_len = embed_dim, depth, max_text_len
         self.attention = attention
+        self.grad_checkpointing = grad_checkpointing
 
         self.text_embed = nn.Embedding(vocab_size, embed_dim)
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
@@ -351,8 +356,15 @@ class MultiwayTransformer(BaseModule):
         x = self.embed_dropout(x)
         fused = images is not None and txt_ids is not None
         for layer in self.layers:
-            x = layer(x, split, attn_mask, fused)
+            # Non-reentrant checkpointing restores the RNG state: dropout and drop-path redraw the same masks.
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, split, attn_mask, fused, use_reentrant=False)
+            else:
+                x = layer(x, split, attn_mask, fused)
         return MultiwayOutput(self.norm(x, split), split)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
 
 
 # ---------------------------------------------------------------------------------------------- converters
