@@ -22,22 +22,25 @@ Both classes extend mmdet's (``CocoDataset`` / ``LVISV1Dataset``):
 * each sample gets ``text`` (the vocabulary) and ``custom_entities=True`` when it is fetched, not in the
   stored records (LVIS's 1,203 names would otherwise be serialised once per image);
 * ``metainfo`` carries ``base_classes`` / ``novel_classes`` for
-  :class:`~detection.evaluation.ov_metric.OpenVocabCocoMetric`.
+  :class:`~detection.evaluation.ov_metric.OpenVocabCocoMetric`;
+* the annotation file is schema-checked (:mod:`toolkit.schema`) before the COCO/LVIS api indexes it, and
+  every image is checked to exist when the data set is built (``check_files``, ``on_missing``).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import os.path as osp
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from mmdet.datasets import CocoDataset, LVISV1Dataset
-from mmengine.fileio import get_local_path
 from mmengine.logging import print_log
 
 from toolkit.registry import DATASETS
+from toolkit.schema import check_coco_instances, check_files_exist, check_lvis, load_checked_json
 
 __all__ = ['VOCABULARIES', 'OVCocoDataset', 'OVLVISDataset', 'lvis_frequency_split', 'read_ov_split']
 
@@ -97,6 +100,9 @@ class _OVVocabulary:
         return_classes: add ``text`` (the vocabulary) and ``custom_entities`` to every sample.
         drop_images_outside_vocabulary: remove the images with a box of a category outside the vocabulary
             (default: keep them, without those boxes, as OV-COCO's training file does).
+        check_files: pre-flight scan that every image exists (turn off for remote storage).
+        on_missing: ``'raise'`` (a missing image fails the build) or ``'skip'`` (dropped, counted in the
+            skip ledger, :mod:`toolkit.skips`).
         **kwargs: the mmdet data set's arguments (``data_root``, ``ann_file``, ``data_prefix``, ...).
     """
 
@@ -113,6 +119,8 @@ class _OVVocabulary:
         vocabulary: str = 'all',
         return_classes: bool = True,
         drop_images_outside_vocabulary: bool = False,
+        check_files: bool = True,
+        on_missing: str = 'raise',
         **kwargs: Any,
     ) -> None:
         if vocabulary not in VOCABULARIES:
@@ -123,6 +131,7 @@ class _OVVocabulary:
         self._vocabulary_kind = vocabulary
         self._with_text = return_classes
         self._drop_outside = bool(drop_images_outside_vocabulary)
+        self._check_files, self._on_missing = check_files, on_missing
         self._given_classes = tuple((kwargs.get('metainfo') or {}).get('classes') or ())
         super().__init__(return_classes=False, **kwargs)  # type: ignore[call-arg]  # the mmdet data set
 
@@ -186,6 +195,8 @@ class _OVVocabulary:
                 f'outside the {self._vocabulary_kind!r} vocabulary (drop_images_outside_vocabulary=True)',
                 logger='current',
             )
+        if self._check_files:
+            records = check_files_exist(records, ann_file=self.ann_file, on_missing=self._on_missing)
         return records
 
     def get_data_info(self, idx: int) -> dict[str, Any]:
@@ -204,8 +215,12 @@ class OVCocoDataset(_OVVocabulary, CocoDataset):
     """
 
     def load_data_list(self) -> list[dict[str, Any]]:
-        with get_local_path(self.ann_file, backend_args=self.backend_args) as local_path:
-            coco = self.COCOAPI(local_path)
+        # Parsed once, checked, then indexed: COCOAPI(path) would parse the file again.
+        ann = load_checked_json(self.ann_file, check_coco_instances, backend_args=self.backend_args)
+        coco = self.COCOAPI()
+        coco.dataset = ann
+        coco.createIndex()
+        coco.img_ann_map, coco.cat_img_map = coco.imgToAnns, coco.catToImgs  # mmdet's aliases (its __init__)
         return self._load_records(coco, lambda info: info['file_name'])
 
 
@@ -220,6 +235,10 @@ class OVLVISDataset(_OVVocabulary, LVISV1Dataset):
     def load_data_list(self) -> list[dict[str, Any]]:
         from lvis import LVIS
 
-        with get_local_path(self.ann_file, backend_args=self.backend_args) as local_path:
-            lvis = LVIS(local_path)
+        ann = load_checked_json(
+            self.ann_file, check_lvis, url_prefix=_LVIS_URL, backend_args=self.backend_args
+        )
+        lvis = LVIS.__new__(LVIS)  # LVIS(path) would parse the (checked) file a second time
+        lvis.logger, lvis.dataset = logging.getLogger(LVIS.__module__), ann
+        lvis._create_index()
         return self._load_records(lvis, lambda info: info['coco_url'].replace(_LVIS_URL, ''))
