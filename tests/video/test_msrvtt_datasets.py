@@ -134,10 +134,10 @@ def test_clear_errors(shapes_tiny: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match='missing.json'):
         MSRVTTCaptionDataset(ann_file=str(tmp_path / 'missing.json'))
     (tmp_path / 'nosent.json').write_text(json.dumps({'videos': []}))
-    with pytest.raises(ValueError, match=r"nosent\.json: missing list 'sentences'"):
+    with pytest.raises(ValueError, match=r"nosent\.json: top level, key 'sentences': expected a list"):
         MSRVTTCaptionDataset(ann_file=str(tmp_path / 'nosent.json'))
     (tmp_path / 'qa.json').write_text(json.dumps([{'question': 'q?', 'answer': 'a', 'id': 0}]))
-    with pytest.raises(ValueError, match=r"qa\.json: \[0\] lacks \['video_id'\]"):
+    with pytest.raises(ValueError, match=r"qa\.json: \[0\] \(id 0\), key 'video_id': expected an integer"):
         MSRVTTQADataset(ann_file=str(tmp_path / 'qa.json'))
     # Path escapes.
     escape = {'videos': [{'video_id': '../../etc/passwd', 'id': 0, 'split': 'train', 'category': 0}],

@@ -17,7 +17,6 @@ Caption records hold every sentence of a video (``captions``): training samples 
 from __future__ import annotations
 
 import csv
-import json
 import os.path as osp
 import re
 from collections import defaultdict
@@ -28,6 +27,7 @@ from mmengine.dataset import BaseDataset
 from mmengine.logging import MMLogger
 
 from toolkit.registry import DATASETS
+from toolkit.schema import check_msrvtt_qa, check_msrvtt_videodatainfo, load_checked_json
 from video.datasets.transforms import VideoDecodeError, read_frame_count
 
 __all__ = ['MSRVTTCaptionDataset', 'MSRVTTQADataset']
@@ -42,36 +42,15 @@ def _resolve_inside(root: str, file_name: str, ann_file: str) -> str:
     return osp.join(root, file_name)
 
 
-def _load_json(path: str) -> Any:
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'annotation file {path} does not exist')
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f'{path}: not valid JSON ({err})') from None
-
-
 def _read_questions(path: str) -> list[dict[str, Any]]:
     """MSRVTT-QA questions as ``img_id`` (int video id), ``question``, ``answer``, ``question_id``,
     ``question_type`` (``category_id``, -1 when absent)."""
-    ann = _load_json(path)
-    if not isinstance(ann, list):
-        raise ValueError(f'{path}: expected a list of questions (MSRVTT-QA format)')
+    ann = load_checked_json(path, check_msrvtt_qa)  # names the record and key of a malformed entry
     out = []
-    for i, qa in enumerate(ann):
-        if not isinstance(qa, dict):
-            raise ValueError(f'{path}: [{i}] is not an object')
-        missing = [k for k in ('answer', 'id', 'question', 'video_id') if k not in qa]
-        if missing:
-            raise ValueError(f'{path}: [{i}] lacks {missing}')
-        try:
-            video_id = int(qa['video_id'])
-        except (TypeError, ValueError):
-            raise ValueError(f'{path}: [{i}] video_id {qa["video_id"]!r} is not an integer') from None
+    for qa in ann:
         out.append(
             dict(
-                img_id=video_id,
+                img_id=int(qa['video_id']),
                 question=str(qa['question']).strip(),
                 answer=str(qa['answer']).strip(),
                 question_id=qa['id'],
@@ -257,27 +236,13 @@ class MSRVTTCaptionDataset(_VideoDataset):
         return ids, None
 
     def load_data_list(self) -> list[dict[str, Any]]:
-        ann = _load_json(self.ann_file)
-        if not isinstance(ann, dict):
-            raise ValueError(f'{self.ann_file}: expected an object with "videos" and "sentences"')
-        for key in ('videos', 'sentences'):
-            if not isinstance(ann.get(key), list):
-                raise ValueError(f'{self.ann_file}: missing list {key!r} (MSR-VTT videodatainfo format)')
+        # The schema check names the record and key of a malformed entry (types, unknown or duplicate
+        # video ids, empty or huge captions, video ids escaping the video folder).
+        ann = load_checked_json(self.ann_file, check_msrvtt_videodatainfo)
         captions: dict[str, list[str]] = defaultdict(list)
-        for i, sentence in enumerate(ann['sentences']):
-            if not isinstance(sentence, dict) or not isinstance(sentence.get('caption'), str):
-                raise ValueError(f'{self.ann_file}: sentences[{i}] needs a string "caption" and a "video_id"')
-            if 'video_id' not in sentence:
-                raise ValueError(f'{self.ann_file}: sentences[{i}] needs a string "caption" and a "video_id"')
-            captions[str(sentence['video_id'])].append(sentence['caption'].strip())
-        videos: dict[str, dict[str, Any]] = {}
-        for i, video in enumerate(ann['videos']):
-            missing = (
-                [k for k in ('video_id', 'id', 'split') if k not in video] if isinstance(video, dict) else []
-            )
-            if not isinstance(video, dict) or missing:
-                raise ValueError(f'{self.ann_file}: videos[{i}] lacks {missing or "everything"}')
-            videos[str(video['video_id'])] = video
+        for sentence in ann['sentences']:
+            captions[sentence['video_id']].append(sentence['caption'].strip())
+        videos: dict[str, dict[str, Any]] = {video['video_id']: video for video in ann['videos']}
 
         if self.video_list is not None:
             ids, list_sentences = self._read_video_list()
