@@ -1,0 +1,1 @@
+"""Generators of broken inputs for the reliability tests."""
