@@ -100,7 +100,12 @@ TRANSFORMS = ToolkitRegistry(
     'transform',
     parent=MMDET_TRANSFORMS,
     scope='toolkit',
-    locations=['pretrain.datasets.transforms', 'video.datasets.transforms', 'detection.datasets.transforms'],
+    locations=[
+        'pretrain.datasets.transforms',
+        'video.datasets.transforms',
+        'detection.datasets.transforms',
+        'toolkit.transforms',
+    ],
 )
 DATA_SAMPLERS = ToolkitRegistry(
     'data sampler', parent=MMDET_DATA_SAMPLERS, scope='toolkit', locations=['toolkit.samplers', 'toolkit.resume']
