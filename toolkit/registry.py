@@ -91,6 +91,7 @@ DATASETS = ToolkitRegistry(
     scope='toolkit',
     locations=[
         'pretrain.datasets.image_text',
+        'pretrain.datasets.webdataset',
         'video.datasets.msrvtt',
         'detection.datasets.ov_detection',
         'toolkit.resume',
@@ -122,7 +123,9 @@ METRICS = ToolkitRegistry(
     ],
 )
 LOOPS = ToolkitRegistry('loop', parent=MMDET_LOOPS, scope='toolkit', locations=['toolkit.resume'])
-HOOKS = ToolkitRegistry('hook', parent=MMDET_HOOKS, scope='toolkit', locations=['toolkit.hooks'])
+HOOKS = ToolkitRegistry(
+    'hook', parent=MMDET_HOOKS, scope='toolkit', locations=['toolkit.hooks', 'pretrain.datasets.webdataset']
+)
 OPTIM_WRAPPERS = ToolkitRegistry(
     'optim_wrapper', parent=MMDET_OPTIM_WRAPPERS, scope='toolkit', locations=['toolkit.optim']
 )
