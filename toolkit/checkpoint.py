@@ -10,14 +10,24 @@ hub, which ``weights_only`` loading rejects. :func:`to_plain` turns them into pl
 data before a save and :func:`from_plain` restores them after a load; the
 ``SafeCheckpointHook`` (``toolkit.hooks``) calls both at the Runner's checkpoint
 events, and :func:`install_safe_loader` makes MMEngine's local-file loader (used by
-``load_from``, ``resume`` and ``load_checkpoint``) go through :func:`safe_load`.
+``load_from``, ``resume`` and ``load_checkpoint``) go through :func:`safe_load`; ``.safetensors`` weight
+files load there too.
+
+Saving is atomic and verifiable: :func:`atomic_replace` moves a fully written, fsynced temporary file onto
+its final name (a crash leaves the old file or the new one, never half of one), and
+:func:`write_checkpoint_record` stores the size and SHA-256 of a saved checkpoint beside it
+(``NAME.record.json``) so that :func:`verify_checkpoint` can tell a complete file from a truncated or
+corrupted one before resuming from it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 import re
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -28,11 +38,17 @@ from mmengine.logging import HistoryBuffer
 __all__ = [
     'SAFE_GLOBALS',
     'UnsafeCheckpointError',
+    'atomic_replace',
+    'atomic_write_text',
+    'checkpoint_record_path',
+    'file_sha256',
     'from_plain',
     'install_safe_loader',
     'load_state_dict_file',
     'safe_load',
     'to_plain',
+    'verify_checkpoint',
+    'write_checkpoint_record',
 ]
 
 # Types our checkpoints may hold beyond what ``weights_only`` accepts by default
@@ -132,6 +148,11 @@ def from_plain(obj: Any) -> Any:
 
 
 def _mmengine_local_loader(filename: str, map_location: Any) -> Any:
+    if filename.endswith('.safetensors'):  # weights only: MMEngine takes a bare state dict as one
+        from safetensors.torch import load_file
+
+        device = map_location if isinstance(map_location, str) and map_location != 'default' else 'cpu'
+        return load_file(filename, device=device)
     return safe_load(filename, map_location=map_location)
 
 
@@ -141,3 +162,89 @@ def install_safe_loader() -> Callable[[str, Any], Any]:
 
     CheckpointLoader.register_scheme(prefixes='', loader=_mmengine_local_loader, force=True)
     return _mmengine_local_loader
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Atomic, verifiable writes
+# ----------------------------------------------------------------------------------------------------------
+
+_RECORD_SUFFIX = '.record.json'
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_replace(tmp_path: str, final_path: str) -> None:
+    """fsync ``tmp_path`` (fully written), rename it onto ``final_path`` and fsync the folder."""
+    with open(tmp_path, 'rb+') as f:
+        os.fsync(f.fileno())
+    os.replace(tmp_path, final_path)
+    _fsync_dir(os.path.dirname(os.path.abspath(final_path)))
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and :func:`atomic_replace`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(text)
+        atomic_replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def file_sha256(path: str, chunk_bytes: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_record_path(path: str) -> str:
+    return path + _RECORD_SUFFIX
+
+
+def write_checkpoint_record(path: str, *, record_for: str | None = None, **info: Any) -> dict[str, Any]:
+    """Record the size and SHA-256 of the complete checkpoint ``path`` (plus ``info``) beside it.
+
+    ``record_for``: the name the file will have (it is recorded before a temporary file is renamed).
+    """
+    name = record_for or path
+    record = dict(file=os.path.basename(name), size=os.path.getsize(path), sha256=file_sha256(path), **info)
+    atomic_write_text(checkpoint_record_path(name), json.dumps(record, indent=1, sort_keys=True))
+    return record
+
+
+def verify_checkpoint(path: str) -> str | None:
+    """Why ``path`` is not a complete checkpoint (missing, truncated, corrupted, unrecorded), or None.
+
+    A checkpoint without a record (one saved by another tool) is not vouched for: the reason says so, and
+    the caller decides whether to trust it.
+    """
+    if not os.path.isfile(path):
+        return f'{path} does not exist'
+    record_path = checkpoint_record_path(path)
+    if not os.path.isfile(record_path):
+        name = os.path.basename(record_path)
+        return f'{path} has no record ({name}): it was not saved completely by the toolkit'
+    try:
+        with open(record_path) as f:
+            record = json.load(f)
+        size, sha256 = int(record['size']), str(record['sha256'])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f'the record {record_path} is unreadable ({err})'
+    actual = os.path.getsize(path)
+    if actual != size:
+        return f'{path} is truncated or overwritten: {actual} bytes, {size} recorded at save time'
+    if file_sha256(path) != sha256:
+        return f'{path} is corrupted: its SHA-256 differs from the one recorded at save time'
+    return None

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 from mmengine.config import Config
-from mmengine.runner import Runner
 
 import toolkit.registry  # noqa: F401  (creates the toolkit-scoped child registries)
 from toolkit.checkpoint import install_safe_loader
+from toolkit.runner import ToolkitRunner
 
 __all__ = ['build_runner', 'flatten_metrics', 'load_config', 'write_metrics']
 
@@ -49,12 +49,22 @@ def load_config(
 
 
 def build_runner(cfg: Config) -> Any:
-    """Build the Runner with safe checkpoint loading and saving in place."""
+    """Build the toolkit's Runner (:class:`toolkit.runner.ToolkitRunner`) with its hooks in place.
+
+    Added unless the config has them: ``SafeCheckpointHook`` (weights-only loadable checkpoints),
+    ``ExactResumeHook`` (random state in checkpoints), ``NonFiniteGuardHook`` (``action='error'``: a NaN or
+    inf loss stops training before the optimizer step), ``SkipLedgerHook`` (skipped-sample report); MMEngine's
+    ``CheckpointHook`` becomes ``AtomicCheckpointHook`` (same arguments).
+    """
     install_safe_loader()
     hooks = list(cfg.get('custom_hooks', []) or [])
-    if not any(h.get('type') == 'SafeCheckpointHook' for h in hooks):
-        hooks.append(dict(type='SafeCheckpointHook'))
+    for name in ('SafeCheckpointHook', 'ExactResumeHook', 'NonFiniteGuardHook', 'SkipLedgerHook'):
+        if not any(h.get('type') == name for h in hooks):
+            hooks.append(dict(type=name))
     cfg.custom_hooks = hooks
+    checkpoint_hook = (cfg.get('default_hooks') or {}).get('checkpoint')
+    if isinstance(checkpoint_hook, dict) and checkpoint_hook.get('type') in ('CheckpointHook', None):
+        checkpoint_hook['type'] = 'AtomicCheckpointHook'
     cfg.setdefault('default_scope', 'toolkit')
     if cfg.get('strategy') is not None:  # FSDP / DeepSpeed / ColossalAI through MMEngine's FlexibleRunner
         from toolkit.distributed import build_flexible_runner
@@ -62,7 +72,7 @@ def build_runner(cfg: Config) -> Any:
         return build_flexible_runner(cfg)
     if cfg.get('launcher', 'none') != 'none' and not torch.cuda.is_available():
         _prepare_cpu_distributed(cfg)
-    return Runner.from_cfg(cfg)
+    return ToolkitRunner.from_cfg(cfg)
 
 
 def _prepare_cpu_distributed(cfg: Config) -> None:

@@ -109,7 +109,10 @@ TRANSFORMS = ToolkitRegistry(
     ],
 )
 DATA_SAMPLERS = ToolkitRegistry(
-    'data sampler', parent=MMDET_DATA_SAMPLERS, scope='toolkit', locations=['toolkit.samplers', 'toolkit.resume']
+    'data sampler',
+    parent=MMDET_DATA_SAMPLERS,
+    scope='toolkit',
+    locations=['toolkit.samplers', 'toolkit.resume'],
 )
 METRICS = ToolkitRegistry(
     'metric',

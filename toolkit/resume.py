@@ -58,16 +58,19 @@ def capture_rng_state() -> dict[str, Any]:
     The result loads with ``torch.load(weights_only=True)``: NumPy's key array travels as a tensor.
     """
     version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = dict(
         python=dict(version=version, internal=list(internal), gauss=gauss),
         numpy=dict(
-            name=name, keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos), has_gauss=int(has_gauss),
+            name=name,
+            keys=torch.from_numpy(np.asarray(keys).astype(np.int64)),
+            pos=int(pos),
+            has_gauss=int(has_gauss),
             cached=float(cached),
         ),
         torch=torch.get_rng_state(),
     )
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         state['cuda'] = torch.cuda.get_rng_state_all()
     return state
 
@@ -169,7 +172,7 @@ class ResumableBatchSampler(BatchSampler):
                 setter(epoch)
 
     def skip_batches(self, num_batches: int) -> None:
-        """The next pass starts after its first ``num_batches`` batches (their indices are drawn, not loaded)."""
+        """The next pass starts after its first ``num_batches`` batches (indices drawn, no sample loaded)."""
         if num_batches < 0:
             raise ValueError(f'cannot skip a negative number of batches ({num_batches})')
         self._skip = num_batches
@@ -177,17 +180,24 @@ class ResumableBatchSampler(BatchSampler):
     def __iter__(self) -> Iterator[list[int]]:
         skip, self._skip = self._skip, 0
         epoch = self.epoch
+        if isinstance(self.sampler, InfiniteSampler):
+            # MMEngine's InfiniteSampler keeps ONE index generator for its lifetime; closing an abandoned
+            # pass over it (a replaced loader iterator) would close that generator for every later pass.
+            # Each pass gets a fresh stream from the start instead (the same indices: same seed).
+            self.sampler.indices = self.sampler._indices_of_rank()
         for b, batch in enumerate(self.inner):
             if b < skip:
                 continue
-            yield [SeededIndex(i, sample_seed(self.seed, epoch, self.rank, b, j)) for j, i in enumerate(batch)]
+            yield [
+                SeededIndex(i, sample_seed(self.seed, epoch, self.rank, b, j)) for j, i in enumerate(batch)
+            ]
 
     def __len__(self) -> int:
         return len(self.inner)
 
 
 @DATASETS.register_module()
-class SeededDataset(Dataset):
+class SeededDataset(Dataset[Any]):
     """Seed the random generators from the index's seed around each ``__getitem__`` of ``dataset``.
 
     In a data-loader worker the generators are simply re-seeded; in the main process (``num_workers=0``)
@@ -198,7 +208,7 @@ class SeededDataset(Dataset):
         dataset: the dataset, or its config.
     """
 
-    def __init__(self, dataset: Dataset | dict[str, Any]) -> None:
+    def __init__(self, dataset: Dataset[Any] | dict[str, Any]) -> None:
         self.dataset = DATASETS.build(dataset) if isinstance(dataset, dict) else dataset
 
     def __len__(self) -> int:
@@ -264,23 +274,21 @@ class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
 
     def run(self) -> None:
         batch_sampler = _batch_sampler(self)
-        if self._iter > 0 and batch_sampler is not None:
-            if isinstance(batch_sampler.sampler, InfiniteSampler):
-                epoch, skip = 0, self._iter  # one endless epoch
-            else:
-                epoch, skip = divmod(self._iter, len(self.dataloader))
-            batch_sampler.set_epoch(epoch)
-            batch_sampler.skip_batches(skip)
-            self.dataloader_iterator = _InfiniteDataloaderIterator(self.dataloader)
-            self.dataloader_iterator._epoch = epoch
-            print_log(f'Resuming at iteration {self._iter + 1} (epoch {epoch}, batch {skip + 1})', logger='current')
-            return self._run_without_skipping()
-        return super().run()
-
-    def _run_without_skipping(self) -> None:
-        """The parent's ``run`` minus its skip-by-loading (the batch sampler has skipped already)."""
+        if self._iter == 0 or batch_sampler is None:
+            return super().run()
         self.runner.call_hook('before_train')
-        self.runner.call_hook('before_train_epoch')
+        self.runner.call_hook('before_train_epoch')  # (sets the sampler's epoch to 0: set ours after it)
+        if isinstance(batch_sampler.sampler, InfiniteSampler):
+            epoch, skip = 0, self._iter  # one endless epoch
+        else:
+            epoch, skip = divmod(self._iter, len(self.dataloader))
+        batch_sampler.set_epoch(epoch)
+        batch_sampler.skip_batches(skip)
+        self.dataloader_iterator = _InfiniteDataloaderIterator(self.dataloader)
+        self.dataloader_iterator._epoch = epoch
+        print_log(
+            f'Resuming at iteration {self._iter + 1} (epoch {epoch}, batch {skip + 1})', logger='current'
+        )
         while self._iter < self._max_iters and not self.stop_training:
             self.runner.model.train()
             data_batch = next(self.dataloader_iterator)

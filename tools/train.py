@@ -1,4 +1,8 @@
-"""Train a model from a config: ``python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]]``."""
+"""Train a model from a config: ``python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]]``.
+
+``--resume`` without a path continues from the newest checkpoint in the work dir whose size and SHA-256
+match the record written at save time (falling back past truncated or corrupted ones, with a warning).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,16 @@ def parse_args() -> argparse.Namespace:
         const='auto',
         help='resume from this checkpoint, or without a value from the latest one in the work dir',
     )
+    parser.add_argument(
+        '--resume-allow-mismatch',
+        action='store_true',
+        help='resume even if the world size, batch size or dataset differ from the checkpoint',
+    )
+    parser.add_argument(
+        '--on-nonfinite',
+        choices=['error', 'skip'],
+        help='a NaN/inf loss stops training (error, the default) or skips the step (skip, counted)',
+    )
     parser.add_argument('--amp', action='store_true', help='mixed precision (fp16 on CUDA, bf16 on CPU)')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction, help='override config settings, e.g. a.b=1 c="[1,2]"'
@@ -40,6 +54,11 @@ def main() -> None:
         launcher=args.launcher,
         amp=args.amp,
     )
+    if args.resume_allow_mismatch:
+        cfg.resume_allow_mismatch = True
+    if args.on_nonfinite is not None:
+        hooks = [h for h in cfg.get('custom_hooks', []) or [] if h.get('type') != 'NonFiniteGuardHook']
+        cfg.custom_hooks = [*hooks, dict(type='NonFiniteGuardHook', action=args.on_nonfinite)]
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:

@@ -1,0 +1,332 @@
+"""Exact resume, atomic and verified checkpoints, refused mismatches, non-finite losses (ToolkitRunner)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.hooks import Hook
+from mmengine.model import BaseModel
+from torch.utils.data import Dataset
+
+from toolkit.checkpoint import UnsafeCheckpointError, safe_load, verify_checkpoint
+from toolkit.engine import build_runner
+from toolkit.hooks import NonFiniteLossError
+from toolkit.registry import DATASETS, HOOKS, MODELS
+from toolkit.runner import ResumeMismatchError
+
+
+@DATASETS.register_module(force=True)
+class _NoisyPoints(Dataset):
+    """Points with augmentation drawn from all three global generators, as real pipelines do."""
+
+    METAINFO = dict(classes=('point',))
+
+    def __init__(self, size: int = 20, classes: tuple[str, ...] = ('point',)) -> None:
+        self.size = size
+        self.metainfo = dict(classes=classes)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        base = torch.arange(4, dtype=torch.float32) + i
+        noise = torch.randn(4) * 0.1 + float(np.random.uniform(-0.1, 0.1)) + random.uniform(-0.1, 0.1)
+        return dict(inputs=base + noise, target=torch.tensor([float(i % 3)]))
+
+
+@MODELS.register_module(force=True)
+class _DropoutRegressor(BaseModel):
+    """A model that draws randomness in training (dropout and a random loss weight)."""
+
+    def __init__(self, nan_at_iter: int | None = None) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.3), torch.nn.Linear(16, 1))
+        self.nan_at_iter = nan_at_iter
+        self.calls = 0
+
+    def forward(self, inputs, target=None, data_samples=None, mode='loss'):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        pred = self.net(torch.stack(inputs))
+        loss_fit = (pred - torch.stack(target)).pow(2).mean() * (1 + torch.rand(()))
+        loss_reg = self.net[0].weight.pow(2).mean() * 1e-3
+        if self.nan_at_iter is not None and self.calls == self.nan_at_iter:
+            loss_reg = loss_reg * float('nan')
+        return dict(loss_fit=loss_fit, loss_reg=loss_reg)
+
+
+@HOOKS.register_module(force=True)
+class _RecordLosses(Hook):
+    priority = 'LOWEST'
+
+    def __init__(self, out: str, stop_after: int | None = None) -> None:
+        self.out, self.stop_after = out, stop_after
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):  # type: ignore[no-untyped-def]
+        with open(self.out, 'a') as f:
+            f.write(json.dumps([runner.iter + 1, {k: float(v.detach()) for k, v in outputs.items()}]) + '\n')
+        if self.stop_after is not None and runner.iter + 1 == self.stop_after:
+            raise _Stop()
+
+
+class _Stop(Exception):
+    """Stands for the process being killed right after the checkpoint of an iteration."""
+
+
+_RUN_IDS = itertools.count()
+
+
+def _cfg(
+    work_dir: Path,
+    *,
+    by_epoch: bool = True,
+    sampler: str = 'DefaultSampler',
+    workers: int = 0,
+    record: Path,
+    stop_after: int | None = None,
+    ckpt_interval: int = 1,
+    **extra: Any,
+) -> Config:
+    train_cfg = dict(by_epoch=True, max_epochs=3) if by_epoch else dict(by_epoch=False, max_iters=15)
+    cfg = dict(
+        model=dict(type='_DropoutRegressor'),
+        work_dir=str(work_dir),
+        train_dataloader=dict(
+            dataset=dict(type='_NoisyPoints', size=20),
+            batch_size=4,
+            sampler=dict(type=sampler, shuffle=True),
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        ),
+        train_cfg=train_cfg,
+        optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-2)),
+        default_hooks=dict(
+            checkpoint=dict(type='CheckpointHook', interval=ckpt_interval, by_epoch=False, max_keep_ckpts=3),
+            logger=dict(type='LoggerHook', interval=50),
+        ),
+        custom_hooks=[dict(type='_RecordLosses', out=str(record), stop_after=stop_after)],
+        randomness=dict(seed=7),
+        default_scope='toolkit',
+        log_level='WARNING',
+        # One message hub per runner: MMEngine shares instances by name, and the default name (a
+        # timestamp) repeats for runners built within one second.
+        experiment_name=f'{work_dir.name}-{next(_RUN_IDS)}',
+    )
+    cfg.update(extra)
+    return Config(cfg)
+
+
+def _read(record: Path) -> list[tuple[int, dict[str, float]]]:
+    return [tuple(json.loads(line)) for line in record.read_text().splitlines()]  # type: ignore[misc]
+
+
+def _weights(runner: Any) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in runner.model.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    'stop_after,by_epoch,sampler,workers',
+    [
+        (7, True, 'DefaultSampler', 0),  # mid-epoch (5 batches per epoch)
+        (5, True, 'DefaultSampler', 2),  # at an epoch boundary, with data-loader workers
+        (8, False, 'DefaultSampler', 0),  # iteration loop, crossing epochs after the resume
+        (6, False, 'InfiniteSampler', 2),
+    ],
+)
+def test_resume_is_bit_exact(
+    tmp_path: Path, stop_after: int, by_epoch: bool, sampler: str, workers: int
+) -> None:
+    full_rec, part_rec = tmp_path / 'full.jsonl', tmp_path / 'part.jsonl'
+    full = build_runner(
+        _cfg(tmp_path / 'full', by_epoch=by_epoch, sampler=sampler, workers=workers, record=full_rec)
+    )
+    full.train()
+    first = build_runner(
+        _cfg(
+            tmp_path / 'part',
+            by_epoch=by_epoch,
+            sampler=sampler,
+            workers=workers,
+            record=part_rec,
+            stop_after=stop_after,
+        )
+    )
+    with pytest.raises(_Stop):
+        first.train()
+    second = build_runner(
+        _cfg(
+            tmp_path / 'part',
+            by_epoch=by_epoch,
+            sampler=sampler,
+            workers=workers,
+            record=part_rec,
+            resume=True,
+        )
+    )
+    second.train()
+    assert _read(part_rec) == _read(full_rec)  # every iteration's every loss term, bit for bit
+    assert len(_read(full_rec)) == 15
+    for (name, a), b in zip(_weights(full).items(), _weights(second).values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_truncated_checkpoint_falls_back_to_previous(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    record = tmp_path / 'rec.jsonl'
+    with pytest.raises(_Stop):
+        build_runner(_cfg(tmp_path / 'w', record=record, stop_after=6)).train()
+    latest, previous = tmp_path / 'w' / 'iter_6.pth', tmp_path / 'w' / 'iter_5.pth'
+    assert verify_checkpoint(str(latest)) is None and verify_checkpoint(str(previous)) is None
+    assert not (tmp_path / 'w' / 'iter_3.pth').exists()  # pruned to max_keep_ckpts=3, records too
+    assert not (tmp_path / 'w' / 'iter_3.pth.record.json').exists()
+    data = latest.read_bytes()
+    latest.write_bytes(data[: len(data) // 2])  # killed mid-write by a tool that does not write atomically
+    assert 'truncated' in str(verify_checkpoint(str(latest)))
+    runner = build_runner(_cfg(tmp_path / 'w', record=record, resume=True))
+    runner.load_or_resume()
+    assert runner.iter == 5
+    # A flipped byte of the same size is caught by the hash.
+    data = bytearray(previous.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    previous.write_bytes(bytes(data))
+    assert 'corrupted' in str(verify_checkpoint(str(previous)))
+    runner = build_runner(_cfg(tmp_path / 'w', record=record, resume=True))
+    runner.load_or_resume()
+    assert runner.iter == 4
+    # Asking for the bad file by name is an error, not a silent fallback.
+    runner = build_runner(_cfg(tmp_path / 'w', record=record, resume=True, load_from=str(latest)))
+    with pytest.raises(UnsafeCheckpointError, match='iter_6.pth is truncated'):
+        runner.load_or_resume()
+
+
+def test_interrupted_save_leaves_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash inside torch.save (the temporary file half written) leaves the old files intact."""
+    record = tmp_path / 'rec.jsonl'
+    with pytest.raises(_Stop):
+        build_runner(_cfg(tmp_path / 'w', record=record, stop_after=2)).train()
+    work = tmp_path / 'w'
+    before = sorted(os.listdir(work))
+    pointer = (work / 'last_checkpoint').read_text()
+
+    real_save = torch.save
+
+    def dying_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        real_save(obj, f, *args, **kwargs)
+        raise KeyboardInterrupt('killed during the save')
+
+    runner = build_runner(_cfg(work, record=record, resume=True))
+    monkeypatch.setattr(torch, 'save', dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        runner.train()
+    monkeypatch.undo()
+    after = sorted(p for p in os.listdir(work) if not p.endswith('.log') and not p[0].isdigit())
+    assert [p for p in after if p.endswith('.tmp')] == []
+    assert (work / 'last_checkpoint').read_text() == pointer
+    assert {p for p in before if 'iter_' in p} <= set(after)
+    assert verify_checkpoint(str(work / 'iter_2.pth')) is None
+
+
+def test_resume_refuses_a_different_setup(tmp_path: Path) -> None:
+    record = tmp_path / 'rec.jsonl'
+    with pytest.raises(_Stop):
+        build_runner(_cfg(tmp_path / 'w', record=record, stop_after=2)).train()
+    cfg = _cfg(tmp_path / 'w', record=record, resume=True)
+    cfg.train_dataloader.batch_size = 2
+    with pytest.raises(ResumeMismatchError, match='per-process batch size: 4 in the checkpoint, 2 now'):
+        build_runner(cfg).load_or_resume()
+    cfg = _cfg(tmp_path / 'w', record=record, resume=True)
+    cfg.train_dataloader.dataset = dict(type='_NoisyPoints', size=24, classes=('dot',))
+    with pytest.raises(
+        ResumeMismatchError, match='training dataset size: 20 in the checkpoint, 24 now.*metainfo'
+    ):
+        build_runner(cfg).load_or_resume()
+    cfg = _cfg(tmp_path / 'w', record=record, resume=True, resume_allow_mismatch=True)
+    cfg.train_dataloader.batch_size = 2
+    runner = build_runner(cfg)
+    runner.load_or_resume()
+    assert runner.iter == 2
+
+
+def test_world_size_mismatch_is_named(tmp_path: Path) -> None:
+    record = tmp_path / 'rec.jsonl'
+    with pytest.raises(_Stop):
+        build_runner(_cfg(tmp_path / 'w', record=record, stop_after=1)).train()
+    ckpt = safe_load(tmp_path / 'w' / 'iter_1.pth')
+    assert ckpt['meta']['world_size'] == 1
+    ckpt['meta']['world_size'] = 2  # as if saved by a 2-process run
+    torch.save(ckpt, tmp_path / 'two.pth')
+    runner = build_runner(
+        _cfg(tmp_path / 'w', record=record, resume=True, load_from=str(tmp_path / 'two.pth'))
+    )
+    with pytest.raises(ResumeMismatchError, match=r'world size \(processes\): 2 in the checkpoint, 1 now'):
+        runner.load_or_resume()
+
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (self.marker, 'w'))  # the side effect: creates the marker file
+
+
+def test_resume_never_runs_code_from_a_checkpoint(tmp_path: Path) -> None:
+    record = tmp_path / 'rec.jsonl'
+    with pytest.raises(_Stop):
+        build_runner(_cfg(tmp_path / 'w', record=record, stop_after=1)).train()
+    ckpt = safe_load(tmp_path / 'w' / 'iter_1.pth')
+    # 1. A pickle payload: refused without running it, on resume and on load_from.
+    marker = tmp_path / 'pwned'
+    evil = dict(ckpt, extra=_Payload(str(marker)))
+    torch.save(evil, tmp_path / 'evil.pth')
+    for key in ('resume', 'load'):
+        cfg = _cfg(
+            tmp_path / 'w', record=record, resume=key == 'resume', load_from=str(tmp_path / 'evil.pth')
+        )
+        with pytest.raises(UnsafeCheckpointError, match='refusing to load'):
+            build_runner(cfg).load_or_resume()
+        assert not marker.exists()
+    # 2. A config string (MMEngine would execute meta['config'] as Python to read gpu_ids).
+    ckpt['meta']['config'] = f'open({str(marker)!r}, "w")\ngpu_ids = [0, 1]'
+    torch.save(ckpt, tmp_path / 'with_config.pth')
+    runner = build_runner(
+        _cfg(tmp_path / 'w', record=record, resume=True, load_from=str(tmp_path / 'with_config.pth'))
+    )
+    runner.load_or_resume()
+    assert runner.iter == 1 and not marker.exists()
+
+
+@pytest.mark.parametrize('action', ['error', 'skip'])
+def test_nonfinite_loss_is_caught_before_the_step(tmp_path: Path, action: str) -> None:
+    record = tmp_path / 'rec.jsonl'
+    cfg = _cfg(tmp_path / 'w', record=record, model=dict(type='_DropoutRegressor', nan_at_iter=3))
+    cfg.custom_hooks.append(dict(type='NonFiniteGuardHook', action=action))
+    runner = build_runner(cfg)
+    if action == 'error':
+        with pytest.raises(NonFiniteLossError, match='iteration 3: loss term.s. loss_reg is NaN'):
+            runner.train()
+        assert runner.iter == 2
+    else:
+        runner.train()
+        assert runner.message_hub.get_scalar('train/nonfinite_skips').current() == 1
+        losses = _read(record)
+        assert len(losses) == 15 and np.isnan(losses[2][1]['loss_reg'])
+    assert all(torch.isfinite(p).all() for p in runner.model.parameters())
+
+
+def test_nonfinite_gradient_is_caught(tmp_path: Path) -> None:
+    record = tmp_path / 'rec.jsonl'
+    runner = build_runner(_cfg(tmp_path / 'w', record=record))
+    runner.model.net[0].weight.register_hook(lambda g: g * float('inf') if runner.iter == 1 else g)
+    with pytest.raises(NonFiniteLossError, match='iteration 2: the gradient of net.0.weight'):
+        runner.train()
+    assert all(torch.isfinite(p).all() for p in runner.model.parameters())
