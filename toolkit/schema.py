@@ -258,7 +258,11 @@ def _boxes(
         ):
             f.fail(_name('annotations', i, a), 'bbox', f'expected 4 numbers [x, y, w, h], got {_short(bbox)}')
         if not (w >= 0 and h >= 0):  # written so that NaN fails too
-            f.fail(_name('annotations', i, a), 'bbox', f'width and height must be >= 0, got {_short(bbox)}')
+            f.fail(
+                _name('annotations', i, a),
+                'bbox',
+                f'width and height must be numbers >= 0 (not NaN), got {_short(bbox)}',
+            )
         if not allow_empty and not (w > 0 and h > 0):
             f.fail(
                 _name('annotations', i, a), 'bbox', f'empty box (allow_empty_boxes=False), got {_short(bbox)}'
