@@ -34,6 +34,7 @@ from mmengine.runner.loops import EpochBasedTrainLoop, IterBasedTrainLoop, _Infi
 from torch.utils.data import BatchSampler, Dataset, Sampler
 
 from toolkit.registry import DATA_SAMPLERS, DATASETS, LOOPS
+from toolkit.watchdog import sample_deadline
 
 __all__ = [
     'ResumableBatchSampler',
@@ -198,32 +199,48 @@ class ResumableBatchSampler(BatchSampler):
 
 @DATASETS.register_module()
 class SeededDataset(Dataset[Any]):
-    """Seed the random generators from the index's seed around each ``__getitem__`` of ``dataset``.
+    """Seed the random generators from the index's seed around each ``__getitem__`` of ``dataset``, under
+    a deadline.
 
     In a data-loader worker the generators are simply re-seeded; in the main process (``num_workers=0``)
     the caller's random state is saved and restored, so loading data never moves the training's random
-    stream. Every other attribute is the wrapped dataset's.
+    stream. A sample that takes longer than ``sample_timeout`` raises
+    :class:`toolkit.watchdog.SampleTimeoutError` naming the dataset, the index and the file. Every other
+    attribute is the wrapped dataset's.
 
     Args:
         dataset: the dataset, or its config.
+        sample_timeout: seconds one sample may take (None: no deadline).
     """
 
-    def __init__(self, dataset: Dataset[Any] | dict[str, Any]) -> None:
+    def __init__(self, dataset: Dataset[Any] | dict[str, Any], sample_timeout: float | None = None) -> None:
         self.dataset = DATASETS.build(dataset) if isinstance(dataset, dict) else dataset
+        self.sample_timeout = sample_timeout
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
+    def describe(self, index: int) -> str:
+        """``'CocoDataset[12] (data/coco/train2017/000000000139.jpg)'``: what a timeout message names."""
+        name = f'{type(self.dataset).__name__}[{int(index)}]'
+        get_info = getattr(self.dataset, 'get_data_info', None)
+        if get_info is None:
+            return name
+        info = get_info(int(index))
+        files = [str(info[k]) for k in ('img_path', 'video_path', 'file_name') if info.get(k)]
+        return f'{name} ({", ".join(files)})' if files else name
+
     def __getitem__(self, index: int) -> Any:
         seed = getattr(index, 'seed', None)
-        if seed is None:
-            return self.dataset[index]
-        in_worker = torch.utils.data.get_worker_info() is not None
-        with contextlib.nullcontext() if in_worker else forked_rng():
-            random.seed(seed)
-            np.random.seed(seed)
-            torch.manual_seed(seed) if in_worker else torch.default_generator.manual_seed(seed)
-            return self.dataset[int(index)]
+        with sample_deadline(self.sample_timeout, lambda: self.describe(index)):
+            if seed is None:
+                return self.dataset[index]
+            in_worker = torch.utils.data.get_worker_info() is not None
+            with contextlib.nullcontext() if in_worker else forked_rng():
+                random.seed(seed)
+                np.random.seed(seed)
+                torch.manual_seed(seed) if in_worker else torch.default_generator.manual_seed(seed)
+                return self.dataset[int(index)]
 
     def __getattr__(self, name: str) -> Any:
         if name == 'dataset':  # not set yet (e.g. while unpickling): avoid recursing

@@ -43,6 +43,9 @@ from toolkit.skips import set_ledger
 
 __all__ = ['ResumeMismatchError', 'ToolkitRunner']
 
+# Seconds one training sample may take before it is reported as hung (config: ``sample_timeout``).
+DEFAULT_SAMPLE_TIMEOUT = 300.0
+
 _RESUMABLE_LOOPS = {
     'EpochBasedTrainLoop': 'ResumableEpochBasedTrainLoop',
     'IterBasedTrainLoop': 'ResumableIterBasedTrainLoop',
@@ -61,7 +64,8 @@ class ToolkitRunner(Runner):
     """``mmengine.runner.Runner`` with exact resume, atomic verified checkpoints and resume checks.
 
     Built like MMEngine's Runner (``ToolkitRunner.from_cfg(cfg)``); extra config keys:
-    ``resume_allow_mismatch`` (bool, default False).
+    ``resume_allow_mismatch`` (bool, default False) and ``sample_timeout`` (seconds one training sample
+    may take before :class:`toolkit.watchdog.SampleTimeoutError` names it; default 300, None: no limit).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -107,7 +111,8 @@ class ToolkitRunner(Runner):
             seed=self.seed or 0,
             rank=self.rank,
         )
-        cfg['dataset'] = dict(type='SeededDataset', dataset=cfg['dataset'])
+        timeout = self.cfg.get('sample_timeout', DEFAULT_SAMPLE_TIMEOUT)
+        cfg['dataset'] = dict(type='SeededDataset', dataset=cfg['dataset'], sample_timeout=timeout)
         return cfg
 
     def _train_batch_size(self) -> int | None:

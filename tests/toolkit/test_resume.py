@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from toolkit.engine import build_runner
 from toolkit.hooks import NonFiniteLossError
 from toolkit.registry import DATASETS, HOOKS, MODELS
 from toolkit.runner import ResumeMismatchError
+from toolkit.watchdog import SampleTimeoutError
 
 
 @DATASETS.register_module(force=True)
@@ -330,3 +332,24 @@ def test_nonfinite_gradient_is_caught(tmp_path: Path) -> None:
     with pytest.raises(NonFiniteLossError, match='iteration 2: the gradient of net.0.weight'):
         runner.train()
     assert all(torch.isfinite(p).all() for p in runner.model.parameters())
+
+
+@DATASETS.register_module(force=True)
+class _HangsAt(_NoisyPoints):
+    def get_data_info(self, i: int) -> dict[str, Any]:
+        return dict(img_path=f'points/{i:04d}.png')
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if i == 13:
+            time.sleep(60)  # a read from a dead mount
+        return super().__getitem__(i)
+
+
+@pytest.mark.parametrize('workers', [0, 1])
+def test_hung_sample_is_named(tmp_path: Path, workers: int) -> None:
+    cfg = _cfg(tmp_path / 'w', record=tmp_path / 'rec.jsonl', workers=workers, sample_timeout=1.0)
+    cfg.train_dataloader.dataset = dict(type='_HangsAt', size=20)
+    start = time.monotonic()
+    with pytest.raises(SampleTimeoutError, match=r'_HangsAt\[13\] \(points/0013.png\)'):
+        build_runner(cfg).train()
+    assert time.monotonic() - start < 30
