@@ -12,6 +12,7 @@ import torch
 from mmengine.logging import MMLogger
 
 from toolkit.registry import TRANSFORMS
+from toolkit.skips import local_skip_count, read_ledger, set_ledger
 from video.datasets.transforms import (
     CenterCropVideo,
     DecodeVideo,
@@ -177,14 +178,24 @@ def test_decode_errors_name_the_file(tmp_path: Path, video: str) -> None:
 def test_skip_returns_none_and_counts(tmp_path: Path, video: str, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = tmp_path / 'bad.mp4'
     bad.write_bytes(b'\x00' * 100)
-    messages: list[str] = []
-    monkeypatch.setattr(MMLogger.get_current_instance(), 'warning', lambda msg, *a, **k: messages.append(msg))
-    decode = TRANSFORMS.build(dict(type='DecodeVideo', backend='pyav', on_error='skip'))
-    for _ in range(2):
-        assert decode(dict(video_path=str(bad), frame_inds=np.array([0]))) is None
-    assert decode(dict(video_path=video, frame_inds=np.array([0])))['imgs'].shape == (1, 64, 64, 3)
-    assert decode.num_skipped == 2
-    assert len(messages) == 2 and 'bad.mp4' in messages[1] and '2 video(s) skipped' in messages[1]
+    set_ledger(str(tmp_path / 'ledger.jsonl'))
+    try:
+        messages: list[str] = []
+        monkeypatch.setattr(
+            MMLogger.get_current_instance(), 'warning', lambda msg, *a, **k: messages.append(msg)
+        )
+        before = local_skip_count('video')
+        decode = TRANSFORMS.build(dict(type='DecodeVideo', backend='pyav', on_error='skip'))
+        for _ in range(2):
+            assert decode(dict(video_path=str(bad), frame_inds=np.array([0]))) is None
+        assert decode(dict(video_path=video, frame_inds=np.array([0])))['imgs'].shape == (1, 64, 64, 3)
+        assert decode.num_skipped == 2 and local_skip_count('video') == before + 2
+        assert len(messages) == 2 and 'bad.mp4' in messages[1]  # one warning per skip, naming the file
+        lines = read_ledger(str(tmp_path / 'ledger.jsonl'))
+        assert [(line['kind'], line['source']) for line in lines] == [('video', str(bad))] * 2
+        assert lines[0]['reason'].startswith('cannot decode with pyav')  # the path is the source
+    finally:
+        set_ledger(None)
 
 
 def _rss_kib() -> int:
