@@ -139,12 +139,22 @@ def _instance_faults(faults: _Faults, valid: dict[str, Any]) -> None:
     faults.add(
         'annotation_id_duplicate', where, 'id', _set('annotations', i, 'id', valid['annotations'][0]['id'])
     )
-    faults.add('image_id_unknown', where, 'image_id', _set('annotations', i, 'image_id', unknown_image))
-    faults.add('image_id_string', where, 'image_id', _set('annotations', i, 'image_id', str(ann['image_id'])))
     faults.add(
-        'category_id_unknown', where, 'category_id', _set('annotations', i, 'category_id', unknown_category)
+        'annotation_image_id_unknown', where, 'image_id', _set('annotations', i, 'image_id', unknown_image)
     )
-    faults.add('category_id_missing', where, 'category_id', _drop('annotations', i, 'category_id'))
+    faults.add(
+        'annotation_image_id_string',
+        where,
+        'image_id',
+        _set('annotations', i, 'image_id', str(ann['image_id'])),
+    )
+    faults.add(
+        'annotation_category_id_unknown',
+        where,
+        'category_id',
+        _set('annotations', i, 'category_id', unknown_category),
+    )
+    faults.add('annotation_category_id_missing', where, 'category_id', _drop('annotations', i, 'category_id'))
     faults.add('bbox_missing', where, 'bbox', _drop('annotations', i, 'bbox'))
     faults.add('bbox_three_numbers', where, 'bbox', _set('annotations', i, 'bbox', [x, y, w]))
     faults.add('bbox_not_numbers', where, 'bbox', _set('annotations', i, 'bbox', [str(x), y, w, h]))
@@ -216,8 +226,10 @@ def broken_coco_captions(valid: dict[str, Any]) -> list[BrokenAnnotation]:
     where = f'annotations[{i}]'
     unknown_image = max(im['id'] for im in valid['images']) + 1000
     faults.add('annotation_not_an_object', where, None, _set('annotations', i, ann['caption']))
-    faults.add('image_id_unknown', where, 'image_id', _set('annotations', i, 'image_id', unknown_image))
-    faults.add('image_id_missing', where, 'image_id', _drop('annotations', i, 'image_id'))
+    faults.add(
+        'annotation_image_id_unknown', where, 'image_id', _set('annotations', i, 'image_id', unknown_image)
+    )
+    faults.add('annotation_image_id_missing', where, 'image_id', _drop('annotations', i, 'image_id'))
     faults.add('caption_missing', where, 'caption', _drop('annotations', i, 'caption'))
     faults.add('caption_not_a_string', where, 'caption', _set('annotations', i, 'caption', 3))
     faults.add('caption_empty', where, 'caption', _set('annotations', i, 'caption', ''))
