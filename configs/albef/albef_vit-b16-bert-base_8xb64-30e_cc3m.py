@@ -54,7 +54,7 @@ model = dict(
     ),
 )
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageSafely'),
     # ALBEF adds RandomResizedCrop(scale=(0.5, 1.0)) and RandAugment; here resize and a caption-aware flip.
     dict(type='Resize', scale=(img_size, img_size), keep_ratio=False),
     dict(type='SampleCaption'),
@@ -62,7 +62,7 @@ train_pipeline = [
     dict(type='PackImageTextInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageSafely'),
     dict(type='Resize', scale=(img_size, img_size), keep_ratio=False),
     dict(type='PackImageTextInputs'),
 ]

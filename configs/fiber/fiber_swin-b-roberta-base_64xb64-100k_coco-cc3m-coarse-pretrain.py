@@ -45,13 +45,13 @@ model = dict(
 )
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageSafely'),
     dict(type='Resize', scale=(img_size, img_size), keep_ratio=False),
     dict(type='SampleCaption'),
     dict(type='PackImageTextInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageSafely'),
     dict(type='Resize', scale=(img_size, img_size), keep_ratio=False),
     dict(type='PackImageTextInputs'),
 ]

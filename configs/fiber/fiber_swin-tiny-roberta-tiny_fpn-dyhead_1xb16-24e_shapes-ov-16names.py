@@ -5,7 +5,7 @@ _base_ = './fiber_swin-tiny-roberta-tiny_fpn-dyhead_1xb16-24e_shapes-ov.py'
 train_dataloader = dict(
     dataset=dict(
         pipeline=[
-            dict(type='LoadImageFromFile'),
+            dict(type='LoadImageSafely'),
             dict(type='LoadAnnotations', with_bbox=True),
             dict(type='RandomResize', scale=(128, 128), ratio_range=(0.8, 1.2), keep_ratio=True),
             dict(type='RandomFlip', prob=0.5),

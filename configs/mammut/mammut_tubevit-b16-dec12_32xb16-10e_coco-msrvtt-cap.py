@@ -11,7 +11,7 @@ load_from = 'work_dirs/mammut_vit-b16-dec12_32xb64-20e_coco-cap/epoch_20.pth'  #
 max_epochs = 10
 coco_root = 'data/coco/'
 image_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageSafely'),
     dict(type='Resize', scale=(224, 224), keep_ratio=False),
     dict(type='SampleCaption'),
     dict(type='PackImageTextInputs'),

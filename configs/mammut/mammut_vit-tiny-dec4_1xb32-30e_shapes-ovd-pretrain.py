@@ -9,7 +9,7 @@ _base_ = ['./mammut_vit-tiny-dec4_1xb32-30e_shapes-cap.py']
 model = dict(image_encoder=dict(cropped_pos_emb=True, detection_grid=16))
 img_size = 128
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageSafely'),
     dict(type='Resize', scale=(img_size, img_size), keep_ratio=False),
     dict(type='SampleCaption'),
     dict(type='RandomFlipCaption', prob=0.5),

@@ -56,7 +56,7 @@ model = dict(
 meta_keys = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip', 'flip_direction', 'text',
              'custom_entities')  # fmt: skip
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageSafely'),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='RandomResize', scale=(det_size, det_size), ratio_range=(0.8, 1.2), keep_ratio=True),  # +-20 %
     dict(
@@ -67,7 +67,7 @@ train_pipeline = [
     dict(type='PackDetInputs', meta_keys=meta_keys),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageSafely'),
     dict(type='Resize', scale=(det_size, det_size), keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs', meta_keys=meta_keys),

@@ -150,12 +150,14 @@ def _inference_pipeline(cfg: Config) -> tuple[list[dict[str, Any]], dict[str, An
         )
     steps = [dict(step) for step in pipeline if not str(step['type']).endswith('LoadAnnotations')]
     loader = steps[0]
-    if str(loader['type']).split('.')[-1] not in ('LoadImageFromFile', 'LoadImageFromNDArray'):
+    file_loaders = ('LoadImageFromFile', 'LoadImageSafely', 'LoadImageFromNDArray')
+    if str(loader['type']).split('.')[-1] not in file_loaders:
         raise DemoInputError(
             f'config {cfg.filename}: the test pipeline starts with {loader["type"]!r}, '
             'expected LoadImageFromFile'
         )
-    loader_args = {k: v for k, v in loader.items() if k != 'type'}
+    safe_only = ('type', 'max_pixels', 'check_complete', 'on_error')  # LoadImageSafely's checks of files
+    loader_args = {k: v for k, v in loader.items() if k not in safe_only}
     steps[0] = dict(loader_args, type='LoadImageFromNDArray')
     return steps, loader_args
 

@@ -5,13 +5,13 @@ data_root = 'data/cc3m/'
 img_size = 224
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageSafely'),
     dict(type='Resize', scale=(img_size, img_size), keep_ratio=False),
     dict(type='SampleCaption'),
     dict(type='PackImageTextInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageSafely'),
     dict(type='Resize', scale=(img_size, img_size), keep_ratio=False),
     dict(type='PackImageTextInputs'),
 ]

@@ -16,7 +16,7 @@ ov_split = dict(
 meta_keys = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip', 'flip_direction', 'text',
              'custom_entities')  # fmt: skip
 train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='LoadImageSafely', backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(
         type='RandomChoiceResize',  # AUGMENT.MULT_MIN_SIZE_TRAIN (480, ..., 800), MAX_SIZE_TRAIN 1333
@@ -29,7 +29,7 @@ train_pipeline = [
     dict(type='PackDetInputs', meta_keys=meta_keys),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='LoadImageSafely', backend_args=backend_args),
     dict(type='Resize', scale=(1333, 800), keep_ratio=True),  # MIN_SIZE_TEST 800, MAX_SIZE_TEST 1333
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs', meta_keys=meta_keys),

@@ -5,7 +5,7 @@ lsj_size = 1024
 lsj_meta_keys = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip', 'flip_direction',
                  'text', 'custom_entities')  # fmt: skip
 lsj_train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageSafely'),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='RandomResize', scale=(lsj_size, lsj_size), ratio_range=(0.1, 2.0), keep_ratio=True),
     dict(
@@ -21,7 +21,7 @@ lsj_train_pipeline = [
     dict(type='PackDetInputs', meta_keys=lsj_meta_keys),
 ]
 lsj_test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageSafely'),
     dict(type='Resize', scale=(lsj_size, lsj_size), keep_ratio=True),
     dict(type='Pad', size=(lsj_size, lsj_size)),
     dict(type='LoadAnnotations', with_bbox=True),

@@ -8,7 +8,7 @@ meta_keys = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'fl
              'custom_entities')  # fmt: skip
 tokenizer = dict(type='HFTokenizer', path='data/pretrained/roberta-base/tokenizer.json', context_length=256)
 train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='LoadImageSafely', backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(
         type='RandomChoiceResize',  # FIBER's multi-scale training (short side 480-800, long side <= 1333)
@@ -22,7 +22,7 @@ train_pipeline = [
     dict(type='PackDetInputs', meta_keys=meta_keys),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='LoadImageSafely', backend_args=backend_args),
     dict(type='Resize', scale=(1333, 800), keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs', meta_keys=meta_keys),

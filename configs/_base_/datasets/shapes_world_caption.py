@@ -4,7 +4,7 @@ data_root = 'data/shapes_world_small/'
 img_size = 128  # as generated; the ViT sees it through 16 px patches (8 x 8 tokens)
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageSafely'),
     dict(type='Resize', scale=(img_size, img_size), keep_ratio=False),
     # No crops (captions name every object); flips swap left/right in the caption to stay true.
     dict(type='SampleCaption'),
@@ -12,7 +12,7 @@ train_pipeline = [
     dict(type='PackImageTextInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageSafely'),
     dict(type='Resize', scale=(img_size, img_size), keep_ratio=False),
     dict(type='PackImageTextInputs'),
 ]

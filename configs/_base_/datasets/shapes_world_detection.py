@@ -8,7 +8,7 @@ img_size = 128  # as generated
 meta_keys = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip', 'flip_direction', 'text',
              'custom_entities')  # fmt: skip
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageSafely'),
     dict(type='LoadAnnotations', with_bbox=True),
     # Scale jitter of +-20 % (shapes span 22-40 px as generated); category names carry no left/right, so
     # horizontal flips keep them true.
@@ -20,7 +20,7 @@ train_pipeline = [
     dict(type='PackDetInputs', meta_keys=meta_keys),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageSafely'),
     dict(type='Resize', scale=(img_size, img_size), keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs', meta_keys=meta_keys),
