@@ -12,7 +12,7 @@ FFmpeg bugs that crash or hang on a file cannot be made on demand, so they are s
 :func:`write_fault_videos` carry a marker that :func:`inject_fault` acts on (sleep forever, segfault,
 abort). It is called only where a test installs it as the decoder sandbox's hook (the environment variable
 ``video.datasets.decode_sandbox.TEST_HOOK_ENV`` set to :data:`FAULT_HOOK`); without it the marker files
-are plain text files, refused as such.
+are just undecodable files.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ __all__ = [
 GOOD_FRAMES = 16
 _SIZE = 32
 FAULT_HOOK = 'toolkit.testing.broken_video:inject_fault'
-_FAULT_MAGIC = b'VLTK-TEST-FAULT:'
+# Binary (a NUL first), so that the marker files are not refused as text before they reach the decoder.
+_FAULT_MAGIC = b'\x00VLTK-TEST-FAULT:'
 
 # kind -> (file name, what is wrong with it)
 BROKEN_KINDS: dict[str, tuple[str, str]] = {

@@ -106,8 +106,9 @@ class VideoDecoderCrashError(VideoDecodeError):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def check_video_file(path: str) -> None:
-    """Raise :class:`VideoDecodeError` for a missing or empty file or one that is plainly not a video.
+def check_video_file(path: str) -> bytes:
+    """Raise :class:`VideoDecodeError` for a missing or empty file or one that is plainly not a video;
+    return the first bytes of the file.
 
     Images and text are named as such: FFmpeg opens a JPEG as a one-frame video, and an HTML error page
     saved as ``.mp4`` by a failed download only gets "Invalid data found when processing input".
@@ -127,6 +128,7 @@ def check_video_file(path: str) -> None:
         text = head[: err.start].decode('utf-8') if err.start >= len(head) - 3 else ''
     if text and all(c.isprintable() or c in '\t\n\r' for c in text):
         raise VideoDecodeError(f'{path}: a text file, not a video (starts with {text[:40]!r})')
+    return head
 
 
 def _from_dlpack(capsule: Any) -> np.ndarray:
@@ -241,7 +243,12 @@ def decode_frames(
         raise ValueError(f'{path}: frame_inds is empty')
     if int(inds.min()) < 0:
         raise VideoDecodeError(f'{path}: negative frame index {int(inds.min())}')
-    check_video_file(path)
+    head = check_video_file(path)
+    if backend == 'decord' and head[4:8] != b'ftyp':
+        # decord seeks well only in mp4/mov (ISO-BMFF, whose index lists every frame): in H.264 in Matroska
+        # (an .mkv, whatever its name) it returned frame 0 for frames 1-7 of a 16-frame clip, silently.
+        # PyAV decodes in packet order and is exact in every container.
+        backend = 'pyav'
     decode = _decode_decord if backend == 'decord' else _decode_pyav
     try:
         imgs = decode(path, inds, num_threads)

@@ -216,15 +216,29 @@ class SampleFrames(BaseTransform):
     Clips shorter than needed repeat frames: the indices stay sorted and inside the clip.
 
     Reads ``video_path`` and, when present, ``total_frames`` (else the count is read from the file header,
-    see :func:`read_frame_count`); writes ``frame_inds`` (N,) int64 and ``total_frames``.
+    see :func:`read_frame_count`); writes ``frame_inds`` (N,) int64 and ``total_frames``. A file whose
+    count cannot be read raises :class:`VideoDecodeError`, or with ``on_error='skip'`` is recorded in the
+    skip ledger and gives ``None``, as :class:`DecodeVideo` does (the pre-flight check of the video data
+    sets reads every count beforehand; this matters with ``check_files=False``).
 
     Args:
         num_frames: N, frames per clip.
         mode: ``'uniform'`` or ``'random_segment'``.
         frame_interval: Stride of a dense clip; ``None`` (default) for segment sampling.
+        on_error: ``'raise'`` or ``'skip'``.
     """
 
-    def __init__(self, *, num_frames: int, mode: str = 'uniform', frame_interval: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        num_frames: int,
+        mode: str = 'uniform',
+        frame_interval: int | None = None,
+        on_error: str = 'raise',
+    ) -> None:
+        if on_error not in ('raise', 'skip'):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.on_error = on_error
         if num_frames < 1:
             raise ValueError(f'num_frames must be >= 1, got {num_frames}')
         if mode not in ('uniform', 'random_segment'):
@@ -251,13 +265,20 @@ class SampleFrames(BaseTransform):
         inds = np.random.randint(starts, ends).astype(np.int64)
         return np.minimum(inds, t - 1)
 
-    def transform(self, results: dict[str, Any]) -> dict[str, Any]:
-        total = results.get('total_frames')
-        if total is None:
-            total = read_frame_count(results['video_path'])
-        total = int(total)
-        if total < 1:
-            raise VideoDecodeError(f'{results.get("video_path", "<unknown>")}: the clip has no frames')
+    def transform(self, results: dict[str, Any]) -> dict[str, Any] | None:
+        path = results.get('video_path', '<unknown>')
+        try:
+            total = results.get('total_frames')
+            if total is None:
+                total = read_frame_count(path)
+            total = int(total)
+            if total < 1:
+                raise VideoDecodeError(f'{path}: the clip has no frames')
+        except VideoDecodeError as err:
+            if self.on_error == 'raise':
+                raise
+            _record_video_skip(path, err)
+            return None
         results['frame_inds'] = self.sample(total)
         results['total_frames'] = total
         return results
@@ -265,8 +286,16 @@ class SampleFrames(BaseTransform):
     def __repr__(self) -> str:
         return (
             f'{type(self).__name__}(num_frames={self.num_frames}, mode={self.mode!r}, '
-            f'frame_interval={self.frame_interval})'
+            f'frame_interval={self.frame_interval}, on_error={self.on_error!r})'
         )
+
+
+def _record_video_skip(path: str, err: VideoDecodeError) -> None:
+    """One skipped clip in the ledger: the file as ``source``, the message without its path as ``reason``
+    and the error class (a timeout and a crash are told apart from a bad file)."""
+    message = str(err)
+    reason = message[len(path) + 2 :] if message.startswith(f'{path}: ') else message
+    record_skip('video', path, reason, error=type(err).__name__)
 
 
 @TRANSFORMS.register_module()
@@ -290,7 +319,8 @@ class DecodeVideo(BaseTransform):
     320, against 3 and 100 ms of decoding on one core). ``'none'`` decodes in this process, unprotected.
 
     Args:
-        backend: ``'decord'`` (``VideoReader.get_batch``) or ``'pyav'``; both give identical frames.
+        backend: ``'decord'`` (``VideoReader.get_batch``) or ``'pyav'``; both give identical frames. Files
+            that are not mp4/mov go to PyAV whatever the backend: decord returns wrong frames from Matroska.
         on_error: ``'raise'`` or ``'skip'``.
         num_threads: Decoder threads per call (1 keeps data-loader workers from fighting over cores).
         isolation: ``'process'`` or ``'none'``.
@@ -336,9 +366,7 @@ class DecodeVideo(BaseTransform):
             if self.on_error == 'raise':
                 raise
             self.num_skipped += 1
-            message = str(err)
-            reason = message[len(path) + 2 :] if message.startswith(f'{path}: ') else message
-            record_skip('video', path, reason, error=type(err).__name__)
+            _record_video_skip(path, err)
             return None
         results['imgs'] = imgs
         results['img_shape'] = imgs.shape[1:3]
