@@ -32,7 +32,8 @@ the stream itself must be split, shuffled and counted:
   the dataset itself (shared memory, so it works with and without persistent workers); the
   ``SetDatasetEpochHook`` in the configs sets it from the runner, so a resumed run reshuffles as the
   uninterrupted one did (a resume inside an epoch starts that epoch's stream over).
-* **Corrupt samples.** An undecodable image, a missing or empty caption, bad UTF-8, bad JSON, a truncated
+* **Corrupt samples.** An image that is undecodable, truncated or a decompression bomb (the checks of
+  :class:`toolkit.transforms.LoadImageSafely`), a missing or empty caption, bad UTF-8, bad JSON, a truncated
   or unreadable shard: ``on_error='skip'`` records the sample with :func:`toolkit.skips.record_skip` (kind
   ``'webdataset'``, source ``shard:key``) and goes on, keeping every sample before a truncation;
   ``on_error='raise'`` raises :class:`WebDatasetError` naming the shard and the member.
@@ -40,7 +41,7 @@ the stream itself must be split, shuffled and counted:
 Records are those of :class:`~pretrain.datasets.image_text.ImageCaptionDataset` with the image already
 decoded: ``img`` (H, W, 3) uint8 BGR, ``img_shape``, ``ori_shape``, ``img_id``, ``captions``, plus
 ``wds_shard`` and ``wds_key``. Decoding happens here, not in a transform, because only here are the shard
-and member known for the skip ledger and the error; pipelines therefore start after ``LoadImageFromFile``.
+and member known for the skip ledger and the error; pipelines therefore start after the image loading step.
 Captions: the ``.txt`` member (required); a ``.json`` member's ``captions`` list, when present, gives all
 captions of the image (Shapes World and COCO have five) and its ``img_id`` the id.
 """
@@ -75,6 +76,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from toolkit.registry import DATASETS, HOOKS
 from toolkit.skips import record_skip
+from toolkit.transforms import DEFAULT_MAX_PIXELS, image_header, incomplete_reason
 
 __all__ = [
     'SetDatasetEpochHook',
@@ -93,14 +95,18 @@ _TAIL = (
 
 
 class WebDatasetError(RuntimeError):
-    """A corrupt sample or shard; the message names the shard and the member.
+    """A corrupt sample or shard: ``'{shard}: {member}: {reason}'``; the three are also attributes.
 
     Constructible from the message alone, so that a DataLoader worker re-raises it with its own type.
     """
 
-    def __init__(self, message: str, *, shard: str = '', member: str = '') -> None:
+    def __init__(self, message: str, *, shard: str = '', member: str = '', reason: str = '') -> None:
         super().__init__(message)
-        self.shard, self.member = shard, member
+        self.shard, self.member, self.reason = shard, member, reason
+
+    @classmethod
+    def at(cls, shard: str, member: str, reason: str) -> WebDatasetError:
+        return cls(f'{shard}: {member}: {reason}', shard=shard, member=member, reason=reason)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -261,7 +267,7 @@ def iter_tar_groups(shard: str) -> Iterator[_Group | WebDatasetError]:
     try:
         raw, finish = _open_stream(shard)
     except OSError as err:
-        yield WebDatasetError(f'{shard}: cannot open ({err})', shard=shard)
+        yield WebDatasetError.at(shard, '(start of archive)', f'cannot open ({err})')
         return
     reader = _CountingReader(raw)
     group: _Group | None = None
@@ -294,7 +300,7 @@ def iter_tar_groups(shard: str) -> Iterator[_Group | WebDatasetError]:
             yield group
         return
     lost = f' (sample {group.key!r}, being read, is dropped)' if group is not None else ''
-    yield WebDatasetError(f'{shard}: {member}: {problem}{lost}', shard=shard, member=member)
+    yield WebDatasetError.at(shard, member, f'{problem}{lost}')
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -329,6 +335,8 @@ class WebDataset(IterableDataset[Any]):
         on_error: ``'skip'`` (record in the skip ledger and go on) or ``'raise'`` (:class:`WebDatasetError`).
         image_exts: member extensions tried for the image, in order.
         caption_ext, meta_ext: members of the caption (UTF-8 text) and of the optional JSON metadata.
+        max_pixels, check_complete: as in :class:`toolkit.transforms.LoadImageSafely`: images whose header
+            declares more pixels (decompression bombs) or whose end is missing are corrupt samples.
         color_type, imdecode_backend: as in ``LoadImageFromFile`` (BGR uint8 by default, like it).
         rank, world_size: override the process position (tests); None: from ``torch.distributed``.
         test_mode: accepted for config compatibility; streams have no separate test behaviour.
@@ -351,6 +359,8 @@ class WebDataset(IterableDataset[Any]):
         image_exts: Sequence[str] = IMAGE_EXTS,
         caption_ext: str = 'txt',
         meta_ext: str = 'json',
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        check_complete: bool = True,
         color_type: str = 'color',
         imdecode_backend: str = 'cv2',
         rank: int | None = None,
@@ -382,6 +392,7 @@ class WebDataset(IterableDataset[Any]):
         self.seed, self.on_error, self.test_mode = seed, on_error, test_mode
         self.image_exts = tuple(e.lower() for e in image_exts)
         self.caption_ext, self.meta_ext = caption_ext, meta_ext
+        self.max_pixels, self.check_complete = max_pixels, check_complete
         self.color_type, self.imdecode_backend = color_type, imdecode_backend
         self._rank, self._world_size = rank, world_size
         self.pipeline = Compose(list(pipeline))
@@ -510,7 +521,7 @@ class WebDataset(IterableDataset[Any]):
                     raise
                 if record:
                     key = err.member if isinstance(item, WebDatasetError) else item.key
-                    record_skip('webdataset', f'{err.shard}:{key}', str(err))
+                    record_skip('webdataset', f'{err.shard}:{key}', f'{err.member}: {err.reason}')
                 continue
             if result is None:  # a transform filtered it out
                 if record:
@@ -536,19 +547,28 @@ class WebDataset(IterableDataset[Any]):
         members = group.members
 
         def fail(member: str, reason: str) -> WebDatasetError:
-            return WebDatasetError(f'{group.shard}: {member}: {reason}', shard=group.shard, member=member)
+            return WebDatasetError.at(group.shard, member, reason)
 
         ext = next((e for e in self.image_exts if e in members), None)
         if ext is None:
             found = ', '.join(sorted(members))
             raise fail(group.key, f'no image member ({"/".join(self.image_exts)}); found {found}')
-        image_member = f'{group.key}.{ext}'
+        image_member, data = f'{group.key}.{ext}', members[ext]
+        try:  # LoadImageSafely's checks, from the header and the tail, before any pixel is decoded
+            image_format, width, height = image_header(data)
+        except ValueError as err:
+            raise fail(image_member, str(err)) from None
+        if self.max_pixels is not None and width * height > self.max_pixels:
+            raise fail(image_member, f'{width}x{height} pixels exceeds max_pixels={self.max_pixels:,}')
+        reason = incomplete_reason(image_format, data) if self.check_complete else None
+        if reason is not None:
+            raise fail(image_member, reason)
         try:
-            img = mmcv.imfrombytes(members[ext], flag=self.color_type, backend=self.imdecode_backend)
-        except Exception as err:  # decoders raise anything on garbage
-            raise fail(image_member, f'image does not decode ({err})') from None
+            img = mmcv.imfrombytes(data, flag=self.color_type, backend=self.imdecode_backend)
+        except Exception as err:  # cv2.error, PIL's OSError/SyntaxError, ...
+            raise fail(image_member, f'image does not decode ({type(err).__name__}: {err})') from None
         if img is None or img.size == 0:
-            raise fail(image_member, 'image does not decode')
+            raise fail(image_member, f'image does not decode (the {image_format} data is corrupt)')
         caption_member = f'{group.key}.{self.caption_ext}'
         if self.caption_ext not in members:
             raise fail(caption_member, 'missing caption member')

@@ -210,10 +210,51 @@ def test_corrupt_samples_are_skipped_and_counted(
     assert len(lines) == 4 and {line['kind'] for line in lines} == {'webdataset'}
     reasons = '\n'.join(f'{line["source"]} {line["reason"]}' for line in lines)
     members = corrupt['members']
-    for name, why in ((members['bad_jpg'], 'does not decode'), (members['no_txt'], 'missing caption'),
+    for name, why in ((members['bad_jpg'], 'corrupt JPEG header'), (members['no_txt'], 'missing caption'),
                       (members['bad_txt'], 'UTF-8'), (members['cut'], 'unexpected end of data')):  # fmt: skip
         assert name in reasons and why in reasons, (name, reasons)
     assert 'shapes-train-000002.tar' in reasons
+
+
+def test_sample_level_faults_are_named(tmp_path: Path) -> None:
+    """Each kind of bad sample is skipped with its reason; images get LoadImageSafely's checks (a bomb is
+    refused from its header, before decoding) and content, not the extension, decides the format."""
+    from toolkit.testing.broken_image import huge_jpeg_header, truncated, valid_jpeg, valid_png
+
+    good, caption = valid_jpeg(), b'a red circle'
+    cases = {
+        'good': {'jpg': good, 'txt': caption},
+        'png_named_jpg': {'jpg': valid_png(), 'txt': caption},
+        'bomb': {'jpg': huge_jpeg_header(good), 'txt': caption},
+        'cut_jpeg': {'jpg': truncated(good), 'txt': caption},
+        'not_image': {'jpg': b'hello', 'txt': caption},
+        'no_image': {'txt': caption},
+        'empty_caption': {'jpg': good, 'txt': b'  '},
+        'bad_json': {'jpg': good, 'txt': caption, 'json': b'{"img_id": '},
+    }
+    reasons = {
+        'bomb': 'exceeds max_pixels',
+        'cut_jpeg': 'truncated JPEG',
+        'not_image': 'not an image',
+        'no_image': 'no image member',
+        'empty_caption': 'empty caption',
+        'bad_json': 'not valid UTF-8 JSON',
+    }
+    keys = {name: f'{i:06d}' for i, name in enumerate(cases)}
+    write_shard(str(tmp_path / 'faults.tar'), [(keys[name], members) for name, members in cases.items()])
+    set_ledger(str(tmp_path / 'ledger.jsonl'))
+    try:
+        ids = _ids(WebDataset(shards='faults.tar', data_root=str(tmp_path)))
+    finally:
+        set_ledger(None)
+    assert ids == [int(keys['good']), int(keys['png_named_jpg'])]
+    lines = {
+        line['source'].rsplit(':', 1)[1]: line['reason']
+        for line in read_ledger(str(tmp_path / 'ledger.jsonl'))
+    }
+    assert lines.keys() == {keys[name] for name in reasons}
+    for name, why in reasons.items():
+        assert why in lines[keys[name]], (name, lines[keys[name]])
 
 
 @pytest.mark.parametrize('which', ['bad_jpg', 'no_txt', 'bad_txt', 'cut'])
