@@ -27,8 +27,10 @@ Decisions, shared by all formats:
   (a file could otherwise make the loader read anywhere on the machine).
 
 The checks are plain Python loops written for speed (type tests with ``type(x) is int``, comparisons that
-also reject NaN): on a 100k-annotation COCO file they cost a small fraction of ``json.load`` (the numbers
-are in the reliability notes of the README).
+also reject NaN). Measured on a synthetic COCO instances file of 100k annotations on 20k images (38 MB,
+12-point polygons), on a busy 2-core machine: ``json.load`` 1.36 s, :func:`check_coco_instances` 0.15 s
+(11% of the parse), :func:`check_lvis` 0.19 s (14%). Real COCO/LVIS files carry longer polygons per
+annotation, so the parse weighs more and the share is smaller.
 """
 
 from __future__ import annotations
@@ -561,7 +563,8 @@ def check_files_exist(
         if on_missing == 'raise':
             raise FileNotFoundError(
                 f'{ann_file}: {kind} {path} ({kind} id {record.get(id_key)!r}) does not exist '
-                "(on_missing='skip' drops such records, counted)"
+                "(on_missing='skip' drops such records, counted; check_files=False skips this scan, "
+                'for remote storage)'
             )
         record_skip(kind, path, f'does not exist (listed in {ann_file})', record_id=record.get(id_key))
     if not kept:

@@ -25,8 +25,10 @@ which mmengine's ``BaseDataset`` fetches another sample (in training; a test-mod
 evaluation must see every sample). Not detected: damage inside a JPEG's entropy-coded data, which libjpeg
 conceals (it loads, garbled).
 
-Cost: the header parse and end-of-file scan are a few microseconds; measured against ``LoadImageFromFile``
-on 640x480 JPEGs the difference is within the noise of decoding (see the tests' module docstring).
+Cost, measured on 100 files of 640x480 on a busy 2-core machine: the header parse and end-of-file check
+take 2-10 us for a 180 kB JPEG (both searches touch only the file's tail) and about 18 us for a 700 kB PNG
+(a walk over its chunks); a whole load took 1.91-1.93 ms per JPEG with either loader and 4.5-4.9 ms per
+PNG with either: the difference is within the noise of decoding.
 """
 
 from __future__ import annotations
