@@ -8,14 +8,14 @@ data_root = 'data/shapes_world_small/'
 motion = r'^which way does'  # the MSRVTT-QA style motion questions
 train_pipeline = [
     dict(type='SampleFrames', num_frames=16, mode='random_segment'),
-    dict(type='DecodeVideo', backend='decord'),
+    dict(type='DecodeVideo', backend='decord', on_error='skip', timeout=30),  # 30 s per clip; skips counted
     dict(type='ResizeVideo', scale=(64, 64)),
     dict(type='RandomFlipVideo', prob=0.5),  # swaps left/right and clockwise/counterclockwise
     dict(type='PackVideoTextInputs'),
 ]
 test_pipeline = [
     dict(type='SampleFrames', num_frames=16, mode='uniform'),
-    dict(type='DecodeVideo', backend='decord'),
+    dict(type='DecodeVideo', backend='decord', timeout=30),  # 30 s per clip; a bad clip raises
     dict(type='ResizeVideo', scale=(64, 64)),
     dict(type='PackVideoTextInputs'),
 ]

@@ -560,3 +560,25 @@ def test_soak_2000_decodes_memory_stays_flat(corpus: dict[str, Path]) -> None:
     # A leaked clip (8 x 32 x 32 x 3 = 24 KiB) or reader per decode would add 25 MiB or more.
     assert parent_grown < 4 * 1024, f'parent RSS grew by {parent_grown} KiB'
     assert child_grown < 4 * 1024, f'decoder child RSS grew by {child_grown} KiB'
+
+
+def test_configs_protect_training() -> None:
+    """Every config's video pipeline decodes in the sandbox; training pipelines skip (and count) bad clips,
+    evaluation pipelines raise (a metric over fewer clips would mislead)."""
+    from mmengine.config import Config
+
+    from toolkit.registry import TRANSFORMS
+
+    repo = Path(__file__).resolve().parents[2]
+    seen = 0
+    for path in sorted((repo / 'configs').rglob('*.py')):
+        if 'DecodeVideo' not in path.read_text():
+            continue
+        cfg = Config.fromfile(str(path))
+        for key, on_error in (('train_pipeline', 'skip'), ('test_pipeline', 'raise')):
+            for step in cfg.get(key, []):
+                if step['type'] == 'DecodeVideo':
+                    decode = TRANSFORMS.build(step)
+                    assert (decode.isolation, decode.on_error) == ('process', on_error), (path, key)
+                    seen += 1
+    assert seen >= 8

@@ -7,13 +7,13 @@ frame_size = 224
 
 train_pipeline = [
     dict(type='SampleFrames', num_frames=num_frames, mode='random_segment'),
-    dict(type='DecodeVideo', backend='decord'),
+    dict(type='DecodeVideo', backend='decord', on_error='skip', timeout=30),  # 30 s per clip; skips counted
     dict(type='ResizeVideo', scale=(frame_size, frame_size)),
     dict(type='PackVideoTextInputs'),
 ]
 test_pipeline = [
     dict(type='SampleFrames', num_frames=num_frames, mode='uniform'),
-    dict(type='DecodeVideo', backend='decord'),
+    dict(type='DecodeVideo', backend='decord', timeout=30),  # 30 s per clip; a bad clip raises
     dict(type='ResizeVideo', scale=(frame_size, frame_size)),
     dict(type='PackVideoTextInputs'),
 ]

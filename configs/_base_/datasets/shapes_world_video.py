@@ -8,7 +8,7 @@ frame_size = 64
 
 train_pipeline = [
     dict(type='SampleFrames', num_frames=num_frames, mode='random_segment'),
-    dict(type='DecodeVideo', backend='decord'),
+    dict(type='DecodeVideo', backend='decord', on_error='skip', timeout=30),  # 30 s per clip; skips counted
     dict(type='ResizeVideo', scale=(frame_size, frame_size)),
     dict(type='SampleCaption'),
     # Mirroring swaps left/right and clockwise/counterclockwise in captions, questions and answers.
@@ -17,7 +17,7 @@ train_pipeline = [
 ]
 test_pipeline = [
     dict(type='SampleFrames', num_frames=num_frames, mode='uniform'),
-    dict(type='DecodeVideo', backend='decord'),
+    dict(type='DecodeVideo', backend='decord', timeout=30),  # 30 s per clip; a bad clip raises
     dict(type='ResizeVideo', scale=(frame_size, frame_size)),
     dict(type='PackVideoTextInputs'),
 ]
