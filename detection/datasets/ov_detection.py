@@ -103,6 +103,8 @@ class _OVVocabulary:
         check_files: pre-flight scan that every image exists (turn off for remote storage).
         on_missing: ``'raise'`` (a missing image fails the build) or ``'skip'`` (dropped, counted in the
             skip ledger, :mod:`toolkit.skips`).
+        schema_options: options of the annotation file's check (:func:`toolkit.schema.check_coco_instances`
+            or :func:`~toolkit.schema.check_lvis`: ``bbox_tolerance``, ``allow_empty_boxes``).
         **kwargs: the mmdet data set's arguments (``data_root``, ``ann_file``, ``data_prefix``, ...).
     """
 
@@ -121,6 +123,7 @@ class _OVVocabulary:
         drop_images_outside_vocabulary: bool = False,
         check_files: bool = True,
         on_missing: str = 'raise',
+        schema_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if vocabulary not in VOCABULARIES:
@@ -132,6 +135,7 @@ class _OVVocabulary:
         self._with_text = return_classes
         self._drop_outside = bool(drop_images_outside_vocabulary)
         self._check_files, self._on_missing = check_files, on_missing
+        self._schema_options = dict(schema_options or {})
         self._given_classes = tuple((kwargs.get('metainfo') or {}).get('classes') or ())
         super().__init__(return_classes=False, **kwargs)  # type: ignore[call-arg]  # the mmdet data set
 
@@ -216,7 +220,9 @@ class OVCocoDataset(_OVVocabulary, CocoDataset):
 
     def load_data_list(self) -> list[dict[str, Any]]:
         # Parsed once, checked, then indexed: COCOAPI(path) would parse the file again.
-        ann = load_checked_json(self.ann_file, check_coco_instances, backend_args=self.backend_args)
+        ann = load_checked_json(
+            self.ann_file, check_coco_instances, backend_args=self.backend_args, **self._schema_options
+        )
         coco = self.COCOAPI()
         coco.dataset = ann
         coco.createIndex()
@@ -236,7 +242,11 @@ class OVLVISDataset(_OVVocabulary, LVISV1Dataset):
         from lvis import LVIS
 
         ann = load_checked_json(
-            self.ann_file, check_lvis, url_prefix=_LVIS_URL, backend_args=self.backend_args
+            self.ann_file,
+            check_lvis,
+            url_prefix=_LVIS_URL,
+            backend_args=self.backend_args,
+            **self._schema_options,
         )
         lvis = LVIS.__new__(LVIS)  # LVIS(path) would parse the (checked) file a second time
         lvis.logger, lvis.dataset = logging.getLogger(LVIS.__module__), ann

@@ -42,6 +42,8 @@ class ImageCaptionDataset(BaseDataset):
             remote storage.
         on_missing: ``'raise'`` (a missing image fails the build) or ``'skip'`` (its record is
             dropped and counted in the skip ledger, :mod:`toolkit.skips`).
+        schema_options: Options of the annotation file's check,
+            :func:`toolkit.schema.check_coco_captions` (``max_caption_chars``).
         **kwargs: Passed to ``mmengine.dataset.BaseDataset`` (``pipeline``, ``test_mode``,
             ``indices``, ``serialize_data``, ...).
     """
@@ -49,8 +51,10 @@ class ImageCaptionDataset(BaseDataset):
     METAINFO: dict[str, Any] = dict(dataset_type='image_caption')
 
     def __init__(self, *, ann_file: str, data_root: str = '', data_prefix: dict[str, str] | None = None,
-                 check_files: bool = True, on_missing: str = 'raise', **kwargs: Any) -> None:  # fmt: skip
+                 check_files: bool = True, on_missing: str = 'raise',
+                 schema_options: dict[str, Any] | None = None, **kwargs: Any) -> None:  # fmt: skip
         self.check_files, self.on_missing = check_files, on_missing
+        self.schema_options = dict(schema_options or {})
         super().__init__(
             ann_file=ann_file, data_root=data_root, data_prefix=data_prefix or dict(img_path=''), **kwargs
         )
@@ -58,7 +62,7 @@ class ImageCaptionDataset(BaseDataset):
     def load_data_list(self) -> list[dict[str, Any]]:
         # The schema check names the record and key of any malformed entry (types, unknown image ids,
         # empty or huge captions, file names escaping the root), so the loop below can trust the file.
-        ann = load_checked_json(self.ann_file, check_coco_captions)
+        ann = load_checked_json(self.ann_file, check_coco_captions, **self.schema_options)
         captions: dict[int, list[str]] = defaultdict(list)
         for record in ann['annotations']:
             captions[record['image_id']].append(record['caption'].strip())

@@ -86,3 +86,14 @@ def test_missing_image_found_at_build(data_copy: Path, tmp_path: Path) -> None:
     assert len(kept) == len(images) - 1
     assert [line['source'] for line in read_ledger(str(tmp_path / 'ledger.jsonl'))] == [str(gone)]
     assert len(_coco(data_copy, check_files=False)) == len(images)  # remote storage: no scan
+
+
+def test_schema_options_reach_the_check(data_copy: Path) -> None:
+    ann = json.loads((data_copy / COCO).read_text())
+    case = next(
+        c for c in broken_coco_instances(ann) if c.fault == 'bbox_outside_image'
+    )  # 8 px over the edge
+    (data_copy / COCO).write_text(json.dumps(case.ann))
+    with pytest.raises(SchemaError, match='bbox_tolerance=1.0 px'):
+        _coco(data_copy)
+    assert len(_coco(data_copy, schema_options=dict(bbox_tolerance=10.0))) == len(ann['images'])

@@ -94,3 +94,15 @@ def test_truncated_image_is_skipped_counted_and_replaced(data_copy: Path, ledger
     strict = _build(data_copy, pipeline=[dict(type='LoadImageSafely')] + pipeline[1:])
     with pytest.raises(ImageDecodeError, match=rf'{broken.name}: truncated JPEG'):
         strict[2]
+
+
+def test_schema_options_reach_the_check(data_copy: Path) -> None:
+    case = next(
+        c
+        for c in broken_coco_captions(json.loads((data_copy / ANN).read_text()))
+        if c.fault == 'caption_huge'
+    )
+    (data_copy / ANN).write_text(json.dumps(case.ann))
+    with pytest.raises(SchemaError, match='exceeds max_caption_chars=10000'):
+        _build(data_copy)
+    assert len(_build(data_copy, schema_options=dict(max_caption_chars=20_000))) > 0

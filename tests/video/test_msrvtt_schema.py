@@ -39,3 +39,12 @@ def test_malformed_questions_fail_the_build(shapes_tiny: Path, tmp_path: Path, f
     with pytest.raises(SchemaError, match=r'qa\.json: \[1\]'):
         MSRVTTCaptionDataset(data_root=str(shapes_tiny), ann_file='msrvtt/train_val_videodatainfo.json',
                              qa_file=str(tmp_path / 'qa.json'), check_files=False)  # fmt: skip
+
+
+def test_schema_options_reach_the_check(shapes_tiny: Path, tmp_path: Path) -> None:
+    case = next(c for c in broken_msrvtt_qa(json.loads((shapes_tiny / 'msrvtt/train_qa.json').read_text()))
+                if c.fault == 'question_huge')  # fmt: skip
+    (tmp_path / 'qa.json').write_text(json.dumps(case.ann))
+    dataset = MSRVTTQADataset(ann_file=str(tmp_path / 'qa.json'), check_files=False,
+                              schema_options=dict(max_caption_chars=20_000))  # fmt: skip
+    assert len(dataset) == len(case.ann)

@@ -42,10 +42,11 @@ def _resolve_inside(root: str, file_name: str, ann_file: str) -> str:
     return osp.join(root, file_name)
 
 
-def _read_questions(path: str) -> list[dict[str, Any]]:
+def _read_questions(path: str, schema_options: dict[str, Any]) -> list[dict[str, Any]]:
     """MSRVTT-QA questions as ``img_id`` (int video id), ``question``, ``answer``, ``question_id``,
     ``question_type`` (``category_id``, -1 when absent)."""
-    ann = load_checked_json(path, check_msrvtt_qa)  # names the record and key of a malformed entry
+    # The schema check names the record and key of a malformed entry.
+    ann = load_checked_json(path, check_msrvtt_qa, **schema_options)
     out = []
     for qa in ann:
         out.append(
@@ -72,11 +73,13 @@ class _VideoDataset(BaseDataset):
         video_ext: str = '.mp4',
         check_files: bool = True,
         on_unreadable: str = 'raise',
+        schema_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if on_unreadable not in ('raise', 'skip'):
             raise ValueError(f"on_unreadable must be 'raise' or 'skip', got {on_unreadable!r}")
         self.video_ext, self.check_files, self.on_unreadable = video_ext, check_files, on_unreadable
+        self.schema_options = dict(schema_options or {})  # of toolkit.schema's checks: max_caption_chars
         self.num_skipped = 0
         self.skipped: list[str] = []
         super().__init__(
@@ -238,7 +241,7 @@ class MSRVTTCaptionDataset(_VideoDataset):
     def load_data_list(self) -> list[dict[str, Any]]:
         # The schema check names the record and key of a malformed entry (types, unknown or duplicate
         # video ids, empty or huge captions, video ids escaping the video folder).
-        ann = load_checked_json(self.ann_file, check_msrvtt_videodatainfo)
+        ann = load_checked_json(self.ann_file, check_msrvtt_videodatainfo, **self.schema_options)
         captions: dict[str, list[str]] = defaultdict(list)
         for sentence in ann['sentences']:
             captions[sentence['video_id']].append(sentence['caption'].strip())
@@ -282,7 +285,7 @@ class MSRVTTCaptionDataset(_VideoDataset):
             raise ValueError(f'{self.ann_file}: no video with captions in the selection')
         if self.qa_file is not None:
             by_video: dict[int, list[dict[str, Any]]] = defaultdict(list)
-            for question in _read_questions(self.qa_file):
+            for question in _read_questions(self.qa_file, self.schema_options):
                 by_video[question['img_id']].append(question)
             for record in records:
                 questions = by_video.get(record['img_id'], [])
@@ -345,7 +348,7 @@ class MSRVTTQADataset(_VideoDataset):
 
     def load_data_list(self) -> list[dict[str, Any]]:
         records = []
-        for question in _read_questions(self.ann_file):
+        for question in _read_questions(self.ann_file, self.schema_options):
             if self.question_pattern is not None and not self.question_pattern.search(question['question']):
                 continue
             video_id = question['img_id']
