@@ -5,7 +5,10 @@ key, the member path up to the first dot of its base name (``000123.jpg``, ``000
 ``000123.json`` are the image, caption and metadata of sample ``000123``). Shards are named by brace
 patterns, ``shards/cc3m-{000000..000099}.tar`` or ``{a,b}``; ``pipe:CMD`` reads a shard from the standard
 output of ``CMD`` (e.g. ``pipe:aws s3 cp s3://bucket/x.tar -``), so object stores stream without a local
-copy. Every shard is read once, front to back, with ``tarfile`` in stream mode (no seeks).
+copy (the command is split like a shell would, but runs without one: no pipes or redirections; a non-zero
+exit status marks the shard as corrupt, since a failed download looks like a truncated stream). Every shard
+is read once, front to back, with ``tarfile`` in stream mode (no seeks); ``.tar.gz`` / ``.tgz`` shards are
+gunzipped on the way.
 
 Why a dataset of its own instead of a map-style one: a web-scale corpus has no per-file index to sample
 from, and reading tar members in order is the only access that is fast on object stores. The price is that
@@ -201,7 +204,8 @@ class _CountingReader(io.RawIOBase):
         data = self.raw.read(size)
         self.total += len(data)
         self.tail += data
-        del self.tail[:-_TAIL]
+        if len(self.tail) > 2 * _TAIL:  # trim now and then, not on every read
+            del self.tail[:-_TAIL]
         return data
 
 

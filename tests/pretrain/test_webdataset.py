@@ -88,6 +88,30 @@ def test_writer_round_trip(shards: Path, shapes_tiny: Path) -> None:
     assert record['captions'] == captions and len(captions) == 5
 
 
+def test_streams_pipes_gzip_and_silent_truncation(shards: Path, tmp_path: Path) -> None:
+    """pipe: commands and .tar.gz shards stream like files; a cut inside a tar header (which tarfile itself
+    takes for the end of the archive) and a failing command are reported, not taken for a short shard."""
+    import gzip
+
+    from pretrain.datasets.webdataset import iter_tar_groups
+
+    shard = shards / 'shapes-train-000000.tar'
+    expected = [g.key for g in iter_tar_groups(str(shard))]
+    assert len(expected) == 12
+    (tmp_path / 's.tar.gz').write_bytes(gzip.compress(shard.read_bytes()))
+    for source in (f'pipe:cat {shard}', str(tmp_path / 's.tar.gz')):
+        assert [g.key for g in iter_tar_groups(source)] == expected, source
+    failed = list(iter_tar_groups('pipe:false'))
+    assert isinstance(failed[-1], WebDatasetError) and 'exited with status 1' in str(failed[-1])
+    header = _members(shard)[9]  # the image of the 4th sample
+    (tmp_path / 'cut.tar').write_bytes(shard.read_bytes()[: header.offset + 100])
+    *good, error = iter_tar_groups(str(tmp_path / 'cut.tar'))
+    assert [g.key for g in good] == expected[
+        :2
+    ]  # the 3rd sample, still open when the stream ends, is dropped
+    assert isinstance(error, WebDatasetError) and 'without an end-of-archive marker' in str(error)
+
+
 def test_two_processes_two_workers_see_every_sample_once(shards: Path, shapes_tiny: Path) -> None:
     dataset = _dataset(shards, shuffle_buffer=4)
     orders = []
@@ -336,6 +360,7 @@ def test_train_two_iterations(shards: Path, tmp_path: Path) -> None:
     runner = build_runner(cfg)
     runner.train()
     assert runner.iter == 2 and runner.epoch == 1
+    assert any(type(hook).__name__ == 'SetDatasetEpochHook' for hook in runner.hooks)
     loss = runner.message_hub.get_scalar('train/loss').current()
     assert np.isfinite(loss)
     assert not read_ledger(str(tmp_path / 'work' / 'skipped_samples.jsonl'))
