@@ -137,7 +137,7 @@ class AtomicCheckpointHook(CheckpointHook):
         super().before_train(runner)
         # MMEngine's deque has maxlen=max_keep_ckpts and forgets the oldest id on append, before the
         # new file exists; ours is unbounded and trimmed after the save.
-        self.keep_ckpt_ids: collections.deque[int] = collections.deque(self.keep_ckpt_ids)
+        self.keep_ckpt_ids: collections.deque[int] = collections.deque(getattr(self, 'keep_ckpt_ids', ()))
         if is_main_process() and osp.isdir(self.out_dir):  # records left by checkpoints pruned elsewhere
             for record in glob.glob(osp.join(self.out_dir, '*.record.json')):
                 if not osp.exists(record[: -len('.record.json')]):

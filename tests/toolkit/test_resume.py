@@ -353,3 +353,56 @@ def test_hung_sample_is_named(tmp_path: Path, workers: int) -> None:
     with pytest.raises(SampleTimeoutError, match=r'_HangsAt\[13\] \(points/0013.png\)'):
         build_runner(cfg).train()
     assert time.monotonic() - start < 30
+
+
+METHOD_CONFIGS = {
+    'mammut': 'configs/mammut/mammut_vit-tiny-dec4_1xb32-30e_shapes-cap.py',
+    'fiber': 'configs/fiber/fiber_swin-tiny-roberta-tiny_1xb32-30e_shapes-pretrain.py',
+    'albef': 'configs/albef/albef_vit-tiny-bert-tiny_1xb32-20e_shapes.py',
+    'beit3': 'configs/beit3/beit3_tiny-patch16-128_1xb32-12e_shapes-mdm.py',
+}
+
+
+def _method_cfg(
+    method: str, data: Path, work_dir: Path, record: Path, stop_after: int | None = None
+) -> Config:
+    """The method's Shapes World config: 12 training images, batch 4, 2 epochs (6 iterations), a
+    checkpoint every iteration, no validation."""
+    from toolkit.engine import load_config
+
+    cfg = load_config(str(Path(__file__).parents[2] / METHOD_CONFIGS[method]), work_dir=str(work_dir))
+    loader = cfg.train_dataloader
+    loader.update(batch_size=4, num_workers=0, persistent_workers=False)
+    loader.dataset.update(data_root=f'{data}/', indices=12)
+    cfg.train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=2, val_interval=100)
+    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.5, by_epoch=False, begin=0, end=4)]
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=1, by_epoch=False)
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=50)
+    cfg.custom_hooks = [
+        *cfg.get('custom_hooks', []),
+        dict(type='_RecordLosses', out=str(record), stop_after=stop_after),
+    ]
+    cfg.log_level = 'WARNING'
+    cfg.experiment_name = f'{method}-{work_dir.name}-{next(_RUN_IDS)}'
+    return cfg
+
+
+@pytest.mark.parametrize('method', sorted(METHOD_CONFIGS))
+def test_every_method_resumes_bit_exact(method: str, shapes_tiny: Path, tmp_path: Path) -> None:
+    """Stopped after iteration 4 (mid-epoch 2) and resumed: every loss term of iterations 1-6 and the final
+    weights (momentum models, queues and counters included) equal an uninterrupted run's."""
+    full_rec, part_rec = tmp_path / 'full.jsonl', tmp_path / 'part.jsonl'
+    full = build_runner(_method_cfg(method, shapes_tiny, tmp_path / 'full', full_rec))
+    full.train()
+    with pytest.raises(_Stop):
+        build_runner(_method_cfg(method, shapes_tiny, tmp_path / 'part', part_rec, stop_after=4)).train()
+    cfg = _method_cfg(method, shapes_tiny, tmp_path / 'part', part_rec)
+    cfg.resume = True
+    resumed = build_runner(cfg)
+    resumed.train()
+    losses = _read(full_rec)
+    assert [i for i, _ in losses] == [1, 2, 3, 4, 5, 6]
+    assert _read(part_rec) == losses
+    for (name, a), b in zip(_weights(full).items(), _weights(resumed).values(), strict=True):
+        assert torch.equal(a, b), name
