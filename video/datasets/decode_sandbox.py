@@ -195,8 +195,9 @@ def _decode_pyav(path: str, inds: np.ndarray, num_threads: int) -> np.ndarray:
                     break
         else:
             # Presentation index of each packet (frames are indexed in display order, as decord does).
-            order = sorted(range(total), key=lambda d: pts[d])
-            index_of_pts = {pts[d]: i for i, d in enumerate(order)}
+            stamps = [int(p) for p in pts if p is not None]  # all of them, here
+            order = sorted(range(total), key=lambda d: stamps[d])
+            index_of_pts = {stamps[d]: i for i, d in enumerate(order)}
             keyframes = [d for d, packet in enumerate(packets) if packet.is_keyframe] or [0]
             fed = -1  # last packet given to the decoder
             for want in wanted:
@@ -211,9 +212,9 @@ def _decode_pyav(path: str, inds: np.ndarray, num_threads: int) -> np.ndarray:
                 while want not in frames and fed < total:
                     fed += 1  # fed == total: drain the decoder's delayed frames
                     for frame in codec.decode(packets[fed] if fed < total else None):
-                        index = index_of_pts.get(frame.pts)
-                        if index in wanted_set and index not in frames:
-                            frames[index] = frame.to_ndarray(format='rgb24')
+                        shown = index_of_pts.get(frame.pts) if frame.pts is not None else None
+                        if shown is not None and shown in wanted_set and shown not in frames:
+                            frames[shown] = frame.to_ndarray(format='rgb24')
         missing = [i for i in wanted if i not in frames]
         if missing:
             raise VideoDecodeError(f'{path}: frames {missing[:5]} could not be decoded ({total} packets)')
@@ -609,7 +610,8 @@ class _FramesWriter:
     """The child's side of the frames file: resized to fit the clip, then written through a mapping."""
 
     def __init__(self, fd: int) -> None:
-        self.fd, self.map, self.size = fd, None, 0
+        self.fd, self.size = fd, 0
+        self.map: mmap.mmap | None = None
 
     def write(self, imgs: np.ndarray) -> None:
         need = imgs.nbytes
