@@ -92,9 +92,8 @@ __all__ = [
 ]
 
 IMAGE_EXTS = ('jpg', 'jpeg', 'png', 'webp', 'bmp')
-_TAIL = (
-    64 * 1024
-)  # bytes of the stream kept to check the end-of-archive marker (tarfile reads 10 KiB records)
+# Bytes of the stream kept to check the end-of-archive marker (tarfile reads 10 KiB records).
+_TAIL = 64 * 1024
 
 
 class WebDatasetError(RuntimeError):
