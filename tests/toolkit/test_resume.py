@@ -406,3 +406,60 @@ def test_every_method_resumes_bit_exact(method: str, shapes_tiny: Path, tmp_path
     assert _read(part_rec) == losses
     for (name, a), b in zip(_weights(full).items(), _weights(resumed).values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def _ddp_worker(rank: int, port: int, work_dir: str, queue: Any) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2', MASTER_ADDR='127.0.0.1')
+    os.environ['MASTER_PORT'] = str(port)
+    import torch.distributed as dist
+
+    try:
+        from mmengine.registry import init_default_scope
+
+        init_default_scope('toolkit')
+        cfg = _cfg(Path(work_dir), record=Path(work_dir) / f'rec{rank}.jsonl', launcher='pytorch')
+        cfg.model = dict(type='_DropoutRegressor', nan_at_iter=3 if rank == 1 else None)  # rank 1 only
+        cfg.custom_hooks.append(dict(type='NonFiniteGuardHook', action='skip'))
+        cfg.experiment_name = f'ddp-skip-{port}'  # the same on both ranks
+        runner = build_runner(cfg)
+        runner.train()
+        weights = torch.cat([p.detach().flatten() for p in runner.model.module.parameters()])
+        skips = runner.message_hub.get_scalar('train/nonfinite_skips').current()
+        queue.put((rank, weights.tolist(), skips, runner.iter))
+        dist.barrier()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    queue.close()
+    queue.join_thread()
+    os._exit(0)  # skip the interpreter's shutdown (gloo's threads can abort it)
+
+
+def test_nonfinite_loss_on_one_process_skips_the_step_on_all(tmp_path: Path) -> None:
+    """With DDP, a NaN on rank 1 alone makes both ranks skip the step (no backward pass anywhere, so no
+    all-reduce waits for a rank that skipped); both finish with the same finite weights."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context('spawn')
+    queue = ctx.Queue()
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    procs = [
+        ctx.Process(target=_ddp_worker, args=(rank, port, str(tmp_path), queue), daemon=True)
+        for rank in range(2)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        results = {r[0]: r[1:] for r in (queue.get(timeout=240) for _ in procs)}
+    finally:
+        for proc in procs:
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+    (w0, skips0, it0), (w1, skips1, it1) = results[0], results[1]
+    assert skips0 == skips1 == 1 and it0 == it1 == 9  # 3 epochs of 3 batches (10 samples per rank)
+    assert w0 == w1 and all(np.isfinite(w0))
