@@ -50,7 +50,7 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.util import Finalize
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -336,12 +336,12 @@ def _read_message(fd: int, deadline: float | None) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _shared_file() -> tuple[int, IO[bytes] | None]:
+def _shared_file() -> int:
     """A file descriptor for the frames: a memfd, or an unlinked temporary file where there is none."""
     if hasattr(os, 'memfd_create'):
-        return os.memfd_create('vltoolkit-decode-frames', os.MFD_CLOEXEC), None
-    handle = tempfile.TemporaryFile()
-    return handle.fileno(), handle
+        return os.memfd_create('vltoolkit-decode-frames', os.MFD_CLOEXEC)
+    with tempfile.TemporaryFile() as handle:  # already unlinked: the descriptor is all that is left
+        return os.dup(handle.fileno())
 
 
 def _signal_name(returncode: int | None) -> str:
@@ -358,15 +358,15 @@ def _signal_name(returncode: int | None) -> str:
 class _Child:
     """One decoder process with its pipes, its frames file and their mapping in this process.
 
-    ``resources`` (request pipe, reply pipe, frames file, its handle, its mapping) is one list shared with
-    the finalizer, so that a remapping is closed at exit too.
+    ``resources`` (request pipe, reply pipe, frames file, its mapping) is one list shared with the
+    finalizer, so that a remapping is closed at exit too.
     """
 
     def __init__(self, preload: str) -> None:
         request_r, request_w = os.pipe()
         reply_r, reply_w = os.pipe()
-        frames_fd, handle = _shared_file()
-        self.resources: list[Any] = [request_w, reply_r, frames_fd, handle, None]
+        frames_fd = _shared_file()
+        self.resources: list[Any] = [request_w, reply_r, frames_fd, None]
         self.ready = False
         env = dict(os.environ)
         env['PYTHONPATH'] = os.pathsep.join(p for p in (_REPO_ROOT, env.get('PYTHONPATH')) if p)
@@ -408,12 +408,12 @@ class _Child:
 
     def frames(self, shape: list[int]) -> np.ndarray:
         """Copy out the clip that the child left in the frames file."""
-        frames_fd, frames_map = self.resources[2], self.resources[4]
+        frames_fd, frames_map = self.resources[2], self.resources[3]
         size = os.fstat(frames_fd).st_size
         if frames_map is None or len(frames_map) != size:
             if frames_map is not None:
                 frames_map.close()
-            frames_map = self.resources[4] = mmap.mmap(frames_fd, size, access=mmap.ACCESS_READ)
+            frames_map = self.resources[3] = mmap.mmap(frames_fd, size, access=mmap.ACCESS_READ)
         out = np.empty(shape, dtype=np.uint8)
         src = np.ndarray(shape, dtype=np.uint8, buffer=frames_map)
         np.copyto(out, src)
