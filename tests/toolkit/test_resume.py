@@ -463,3 +463,23 @@ def test_nonfinite_loss_on_one_process_skips_the_step_on_all(tmp_path: Path) -> 
     (w0, skips0, it0), (w1, skips1, it1) = results[0], results[1]
     assert skips0 == skips1 == 1 and it0 == it1 == 9  # 3 epochs of 3 batches (10 samples per rank)
     assert w0 == w1 and all(np.isfinite(w0))
+
+
+def test_exported_safetensors_weights_load_as_load_from(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        'export_weights', Path(__file__).parents[2] / 'tools/export_weights.py'
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    record = tmp_path / 'rec.jsonl'
+    trained = build_runner(_cfg(tmp_path / 'w', record=record))
+    trained.train()
+    out = tmp_path / 'weights.safetensors'
+    module.export_weights(str(tmp_path / 'w' / 'iter_15.pth'), str(out))
+    fresh = build_runner(_cfg(tmp_path / 'v', record=record, load_from=str(out)))
+    fresh.load_or_resume()
+    for (name, a), b in zip(_weights(trained).items(), _weights(fresh).values(), strict=True):
+        assert torch.equal(a, b), name
