@@ -28,6 +28,8 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from toolkit.checkpoint import safe_load
+
 __all__ = ['BertFusionEncoder', 'convert_hf_bert', 'load_hf_bert']
 
 
@@ -300,7 +302,7 @@ def load_hf_bert(path: str) -> dict[str, Tensor]:
         from safetensors.torch import load_file
 
         return load_file(path)
-    state = torch.load(path, map_location='cpu', weights_only=True)
+    state = safe_load(path)
     if not isinstance(state, Mapping):
         raise ValueError(f'{path}: expected a state dict, got {type(state).__name__}')
     return dict(state.get('state_dict', state))

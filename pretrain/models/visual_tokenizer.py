@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from toolkit.checkpoint import safe_load
 from toolkit.registry import MODELS
 
 __all__ = ['PixelTarget', 'VQKDEncoder', 'VQKDTokenizer', 'convert_beitv2_vqkd']
@@ -161,7 +162,7 @@ class VQKDTokenizer(nn.Module):
 
             state = load_file(path)
         else:
-            state = torch.load(path, map_location='cpu', weights_only=True)
+            state = safe_load(path)
         for wrapper in ('model', 'state_dict'):
             if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
                 state = state[wrapper]
