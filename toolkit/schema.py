@@ -85,7 +85,9 @@ def _name(list_key: str, index: int, record: Any, id_key: str = 'id') -> str:
     """``annotations[17] (id 123)``: the record's place and, when it has a usable one, its id."""
     rec_id = record.get(id_key) if isinstance(record, dict) else None
     return (
-        f'{list_key}[{index}] ({id_key} {rec_id!r})' if type(rec_id) in (int, str) else f'{list_key}[{index}]'
+        f'{list_key}[{index}] ({id_key} {_short(rec_id, 40)})'
+        if type(rec_id) in (int, str)
+        else f'{list_key}[{index}]'
     )
 
 
@@ -112,12 +114,21 @@ class _File:
             self.fail('top level', key, f'expected a list of {what}, got {_type_name(value)}')
         return value
 
-    def duplicates(self, list_key: str, records: Sequence[Any], ids: list[Any], id_key: str = 'id') -> None:
-        """Fail on the second record of a repeated id (``ids`` in record order, one per record)."""
+    def duplicates(
+        self,
+        list_key: str,
+        records: Sequence[Any],
+        ids: list[Any],
+        id_key: str = 'id',
+        positions: list[int] | None = None,
+    ) -> None:
+        """Fail on the second record of a repeated id. ``ids`` are in record order, one per record, or, where
+        the id is optional, one per record at ``positions``."""
         if len(set(ids)) == len(ids):
             return
         first: dict[Any, int] = {}
-        for index, rec_id in enumerate(ids):
+        for n, rec_id in enumerate(ids):
+            index = n if positions is None else positions[n]
             if rec_id in first:
                 self.fail(
                     _name(list_key, index, records[index], id_key),
@@ -371,6 +382,7 @@ def check_coco_captions(ann: Any, *, source: str, max_caption_chars: int = MAX_C
         f, images, need_size=False, path_of=lambda im: im.get('file_name', _MISSING), path_key='file_name'
     )
     ids: list[Any] = []
+    positions: list[int] = []
     for i, a in enumerate(anns):
         if type(a) is not dict:
             f.fail(f'annotations[{i}]', None, f'expected an object, got {_type_name(a)}')
@@ -389,7 +401,8 @@ def check_coco_captions(ann: Any, *, source: str, max_caption_chars: int = MAX_C
             if type(a['id']) is not int:
                 f.fail(_name('annotations', i, a), 'id', f'expected an integer id, got {_type_name(a["id"])}')
             ids.append(a['id'])
-    f.duplicates('annotations', [a for a in anns if 'id' in a], ids)
+            positions.append(i)
+    f.duplicates('annotations', anns, ids, positions=positions)
 
 
 def check_msrvtt_videodatainfo(ann: Any, *, source: str, max_caption_chars: int = MAX_CAPTION_CHARS) -> None:
@@ -420,6 +433,7 @@ def check_msrvtt_videodatainfo(ann: Any, *, source: str, max_caption_chars: int 
     f.duplicates('videos', videos, ids)
     known = set(names)
     sen_ids: list[Any] = []
+    positions: list[int] = []
     for i, sentence in enumerate(sentences):
         if type(sentence) is not dict:
             f.fail(f'sentences[{i}]', None, f'expected an object, got {_type_name(sentence)}')
@@ -442,7 +456,8 @@ def check_msrvtt_videodatainfo(ann: Any, *, source: str, max_caption_chars: int 
                     f'expected an integer, got {_type_name(sentence["sen_id"])}',
                 )
             sen_ids.append(sentence['sen_id'])
-    f.duplicates('sentences', [s for s in sentences if 'sen_id' in s], sen_ids, 'sen_id')
+            positions.append(i)
+    f.duplicates('sentences', sentences, sen_ids, 'sen_id', positions)
 
 
 def check_msrvtt_qa(ann: Any, *, source: str, max_caption_chars: int = MAX_CAPTION_CHARS) -> None:

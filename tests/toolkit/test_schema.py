@@ -213,3 +213,20 @@ def test_preflight_refuses_remote_paths_and_bad_policy(tmp_path: Path) -> None:
         check_files_exist([dict(img_path='s3://bucket/a.jpg', img_id=0)], ann_file='ann.json')
     with pytest.raises(ValueError, match="on_missing must be 'raise' or 'skip'"):
         check_files_exist([], ann_file='ann.json', on_missing='ignore')
+
+
+def test_optional_ids_are_checked_where_present() -> None:
+    ann = {
+        'images': [{'id': 1, 'file_name': 'a.jpg'}],
+        'annotations': [
+            {'image_id': 1, 'caption': 'no id here'},
+            {'image_id': 1, 'caption': 'a red circle', 'id': 5},
+            {'image_id': 1, 'caption': 'a blue star', 'id': 5},
+        ],
+    }
+    with pytest.raises(
+        SchemaError, match=r"annotations\[2\] \(id 5\), key 'id': duplicate id 5 \(also annotations\[1\]\)"
+    ):
+        check_coco_captions(ann, source='c.json')
+    del ann['annotations'][2]['id']
+    check_coco_captions(ann, source='c.json')
