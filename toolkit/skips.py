@@ -20,6 +20,8 @@ __all__ = ['LEDGER_ENV', 'local_skip_count', 'read_ledger', 'record_skip', 'set_
 
 LEDGER_ENV = 'VLTOOLKIT_SKIP_LEDGER'
 _local_counts: collections.Counter[str] = collections.Counter()
+# A forked data-loader worker counts its own skips, not its parent's (the ledger has the totals).
+os.register_at_fork(after_in_child=_local_counts.clear)
 
 
 def set_ledger(path: str | None) -> None:
