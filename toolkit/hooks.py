@@ -138,10 +138,14 @@ class AtomicCheckpointHook(CheckpointHook):
         # MMEngine's deque has maxlen=max_keep_ckpts and forgets the oldest id on append, before the
         # new file exists; ours is unbounded and trimmed after the save.
         self.keep_ckpt_ids: collections.deque[int] = collections.deque(getattr(self, 'keep_ckpt_ids', ()))
-        if is_main_process() and osp.isdir(self.out_dir):  # records left by checkpoints pruned elsewhere
-            for record in glob.glob(osp.join(self.out_dir, '*.record.json')):
+        if is_main_process() and osp.isdir(self.out_dir):
+            for record in glob.glob(
+                osp.join(self.out_dir, '*.record.json')
+            ):  # of checkpoints pruned elsewhere
                 if not osp.exists(record[: -len('.record.json')]):
                     os.remove(record)
+            for tmp in glob.glob(osp.join(self.out_dir, '.*.tmp')):  # saves of a killed process
+                os.remove(tmp)
 
     def _save_checkpoint_with_step(self, runner: Any, step: int, meta: dict[str, Any]) -> None:
         ckpt_filename = self.filename_tmpl.format(step)

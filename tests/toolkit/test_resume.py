@@ -483,3 +483,69 @@ def test_exported_safetensors_weights_load_as_load_from(tmp_path: Path) -> None:
     fresh.load_or_resume()
     for (name, a), b in zip(_weights(trained).items(), _weights(fresh).values(), strict=True):
         assert torch.equal(a, b), name
+
+
+_KILL_SCRIPT = '''
+import sys, torch
+sys.path.insert(0, {tests!r})
+from mmengine.registry import init_default_scope
+init_default_scope('toolkit')
+import test_resume as t
+from pathlib import Path
+from toolkit.registry import MODELS
+
+@MODELS.register_module(force=True)
+class _Heavy(t._DropoutRegressor):
+    """A 32 MB buffer makes each save take long enough to be killed in the middle of one."""
+    def __init__(self):
+        super().__init__()
+        self.register_buffer('ballast', torch.randn(8 * 2**20))
+
+work = Path({work!r})
+cfg = t._cfg(work, record=work / 'rec.jsonl', resume=True)
+cfg.model = dict(type='_Heavy')
+cfg.train_cfg = dict(by_epoch=True, max_epochs=1000)
+t.build_runner(cfg).train()
+'''
+
+
+def test_kill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
+    """SIGKILL a training process at random moments (most land inside a save: each takes ~100 ms and
+    follows every iteration); after each kill the newest checkpoint that verifies is loadable, resuming
+    never fails, and the iteration count never goes back."""
+    import signal
+    import subprocess
+    import sys
+
+    work = tmp_path / 'w'
+    script = tmp_path / 'train.py'
+    script.write_text(_KILL_SCRIPT.format(tests=str(Path(__file__).parent), work=str(work)))
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    rng = random.Random(0)
+    last_iter, killed_mid_save, rounds = 0, 0, 0
+    while rounds < 2 or (killed_mid_save == 0 and rounds < 8):  # until one kill landed inside a save
+        rounds += 1
+        proc = subprocess.Popen([sys.executable, str(script)], env=env, cwd=Path(__file__).parents[2],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not list(work.glob('*.pth')) or time.monotonic() < start_after(work, last_iter):
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ''
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed_mid_save += bool(list(work.glob('.*.tmp')))  # a save's temporary file was left behind
+        runner = build_runner(_cfg(work, record=work / 'rec.jsonl', resume=True))
+        path = runner.find_resumable_checkpoint()
+        assert path is not None and verify_checkpoint(path) is None
+        ckpt = safe_load(path)
+        assert ckpt['meta']['iter'] >= last_iter
+        last_iter = ckpt['meta']['iter']
+    assert last_iter > 0 and killed_mid_save >= 1
+
+
+def start_after(work: Path, last_iter: int) -> float:
+    """The moment to start the random wait: once the run has saved past the previous round's checkpoint."""
+    iters = [int(p.stem.split('_')[1]) for p in work.glob('iter_*.pth')]
+    return 0.0 if max(iters, default=0) > last_iter else float('inf')
