@@ -59,7 +59,7 @@ from .base import VLBaseModel
 from .bert import BertFusionEncoder, convert_hf_bert, load_hf_bert
 from .fiber import ITMScorer, LMHead
 from .fiber_losses import sample_hard_negatives
-from .losses import _world, gather_with_grad
+from .losses import _world, gather_with_grad, global_mean
 
 __all__ = ['ALBEF']
 
@@ -374,14 +374,16 @@ class ALBEF(VLBaseModel):
         logits = self.mlm_head(fused[num_itm:][chosen])  # (P, V): the chosen positions only
         labels = mlm_labels[chosen]
         loss_mlm = self.mlm_loss(logits, labels)
-        if alpha > 0 and len(labels):
-            with torch.no_grad():
-                ema = self.momentum_model
-                hidden_m = ema['text_encoder'](masked_ids, txt_mask, img_tokens_m)
-                soft = F.softmax(ema['mlm_head'](hidden_m[chosen]).float(), dim=-1)
-            loss_mlm = (1 - alpha) * loss_mlm + alpha * self.mlm_loss.loss_weight * soft_cross_entropy(
-                logits, soft
-            )
+        if alpha > 0:  # the same on every process: global_mean below is a collective
+            distill_sum = logits.sum() * 0.0
+            if len(labels):
+                with torch.no_grad():
+                    ema = self.momentum_model
+                    hidden_m = ema['text_encoder'](masked_ids, txt_mask, img_tokens_m)
+                    soft = F.softmax(ema['mlm_head'](hidden_m[chosen]).float(), dim=-1)
+                distill_sum = soft_cross_entropy(logits, soft, reduction='sum')
+            distill = global_mean(distill_sum, len(labels))  # over the masked tokens of all processes
+            loss_mlm = (1 - alpha) * loss_mlm + alpha * self.mlm_loss.loss_weight * distill
         out['loss_mlm'] = loss_mlm
         correct = (logits.detach().argmax(dim=-1) == labels).float()
         out['acc_mlm'] = correct.mean() if len(correct) else correct.sum()

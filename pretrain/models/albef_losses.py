@@ -67,12 +67,16 @@ class FeatureQueue(nn.Module):
         return f'size={self.size}, dim={self.feats.shape[1]}'
 
 
-def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean over rows of ``-sum_j targets[i, j] * log_softmax(logits)[i, j]``; ``logits``, ``targets`` (P, K).
+def soft_cross_entropy(logits: Tensor, targets: Tensor, reduction: str = 'mean') -> Tensor:
+    """Per-row soft cross-entropy ``-sum_j targets[i, j] * log_softmax(logits)[i, j]``, averaged over the rows
+    (``reduction='mean'``) or summed (``'sum'``); ``logits``, ``targets`` (P, K).
 
     Keys with ``-inf`` logits (masked out) must have zero target."""
+    if reduction not in ('mean', 'sum'):
+        raise ValueError(f"soft_cross_entropy: reduction must be 'mean' or 'sum', got {reduction!r}")
     log_probs = F.log_softmax(logits.float(), dim=-1)
-    return -(targets.float() * log_probs.masked_fill(targets == 0, 0.0)).sum(dim=-1).mean()
+    per_row = -(targets.float() * log_probs.masked_fill(targets == 0, 0.0)).sum(dim=-1)
+    return per_row.mean() if reduction == 'mean' else per_row.sum()
 
 
 def distilled_targets(positives: Tensor, logits_m: Tensor | None, alpha: float) -> Tensor:

@@ -57,6 +57,7 @@ from toolkit.registry import MODELS, TOKENIZERS
 
 from .base import VLBaseModel
 from .fiber_losses import MLMLoss
+from .losses import global_mean
 
 __all__ = ['BEiT3', 'MDMLoss', 'block_wise_mask']
 
@@ -124,7 +125,8 @@ class MDMLoss(nn.Module):
 
     ``forward(txt_logits (P_t, V), txt_labels (P_t,), img_pred (P_i, C), img_targets)``: with visual-token ids
     ``img_targets`` (P_i,) long, the cross-entropy averaged over all P_t + P_i predictions (text and image
-    tokens alike); with pixel targets (P_i, C) float, the text cross-entropy + ``pixel_weight`` x MSE.
+    tokens alike); with pixel targets (P_i, C) float, the text cross-entropy + ``pixel_weight`` x MSE. Every
+    average runs over the predictions of all processes (:func:`~pretrain.models.losses.global_mean`).
     """
 
     def __init__(self, *, pixel_weight: float = 1.0, loss_weight: float = 1.0) -> None:
@@ -143,10 +145,13 @@ class MDMLoss(nn.Module):
             img_sum = (
                 F.cross_entropy(img_pred.float(), img_targets, reduction='sum') if len(img_targets) else zero
             )
-            loss = (txt_sum + img_sum) / max(len(txt_labels) + len(img_targets), 1)
+            loss = global_mean(txt_sum + img_sum, len(txt_labels) + len(img_targets))
         else:
-            mse = F.mse_loss(img_pred.float(), img_targets.float()) if len(img_targets) else zero
-            loss = txt_sum / max(len(txt_labels), 1) + self.pixel_weight * mse
+            sq_sum = zero
+            if len(img_targets):
+                sq_sum = F.mse_loss(img_pred.float(), img_targets.float(), reduction='sum')
+            mse = global_mean(sq_sum, img_targets.numel())
+            loss = global_mean(txt_sum, len(txt_labels)) + self.pixel_weight * mse
         return self.loss_weight * (loss + zero)
 
 

@@ -13,9 +13,11 @@ training step, on B image-caption pairs:
   projected; both L2-normalised; learnable temperature ``logit_scale`` (init 1 / 0.07, ``exp`` clamped at
   100); symmetric in-batch softmax loss (``InfoNCELoss``, gathered across processes with gradients).
 * ITM, fusion on: for each image a negative caption and for each caption a negative image, drawn from the
-  batch with probability softmax(ITC logits) (ALBEF / FIBER hard negatives, never the same image:
-  :func:`~pretrain.models.fiber_losses.sample_hard_negatives`); the 2-way head reads tanh poolers of the fused
-  first text token and of the mean fused image token (FIBER's ``itm_score`` on ``cls_feats``).
+  batch of all processes with probability softmax(ITC logits) (ALBEF / FIBER hard negatives, never the same
+  image: :func:`~pretrain.models.fiber_losses.sample_hard_negatives`); with several processes the ITC
+  features, images and captions are gathered (without gradients) so that the candidates are the global
+  batch, as with one process; the 2-way head reads tanh poolers of the fused first text token and of the
+  mean fused image token (FIBER's ``itm_score`` on ``cls_feats``).
 * MLM, fusion on: BERT masking of 15 % of the caption tokens (:class:`~pretrain.models.fiber_losses.MLMLoss`),
   predicted by the LM head from the fused text states at the chosen positions only.
 
@@ -37,11 +39,11 @@ Retrieval (``predict``): dual-encoder ``img_emb`` / ``txt_emb`` for ``RetrievalM
 sample also carries ``itm_inputs`` (its image and caption ids) and ``itm_scorer`` (:meth:`FIBER.itm_scores`),
 which ``RetrievalMetric(rerank_k=k)`` uses to re-rank the top-k of both directions.
 
-What differs from FIBER: no momentum queue (in-batch ITC over all processes; ITM negatives from the local
-batch); the MLM head runs on the chosen positions only; the ITM and MLM passes recompute the Swin's unfused
-blocks (the backbone API runs the whole model per call); the caption pass cross-attends to the image tokens
-entering each fused block (the backbone's pairing) instead of FIBER's projected final image tokens, so the
-last Swin block and its output norm get no gradient from captioning.
+What differs from FIBER: no momentum queue (in-batch ITC and ITM negatives over all processes); the MLM head
+runs on the chosen positions only; the ITM and MLM passes recompute the Swin's unfused blocks (the backbone
+API runs the whole model per call); the caption pass cross-attends to the image tokens entering each fused
+block (the backbone's pairing) instead of FIBER's projected final image tokens, so the last Swin block and
+its output norm get no gradient from captioning.
 
 Data contract: ``inputs`` (B, 3, H, W) normalised by the data preprocessor; training samples carry ``text``
 and ``img_id`` (without ``img_id`` every sample counts as a different image); evaluation samples carry
@@ -67,6 +69,7 @@ from toolkit.tokenizers import pad_id_rows
 from .base import VLBaseModel
 from .fiber_losses import sample_hard_negatives
 from .generation import generate as generate_ids
+from .losses import _world, gather_with_grad
 
 __all__ = ['FIBER', 'ITMHead', 'ITMScorer', 'LMHead']
 
@@ -372,10 +375,12 @@ class FIBER(VLBaseModel):
     # ------------------------------------------------------------------------------------------ modes
     @staticmethod
     def _img_ids(data_samples: list[BaseDataElement], device: torch.device) -> Tensor:
-        """``img_id`` of every sample (B,); without any, each sample is its own image."""
+        """``img_id`` of every sample (B,); without any, each sample is its own image (ids distinct across
+        processes, which share ITM candidates)."""
         present = ['img_id' in sample for sample in data_samples]
         if not any(present):
-            return torch.arange(len(data_samples), device=device)
+            rank, _ = _world()
+            return torch.arange(len(data_samples), device=device) + rank * len(data_samples)
         if not all(present):
             raise ValueError('FIBER: only some training samples carry img_id; all or none must')
         return torch.tensor([int(sample.img_id) for sample in data_samples], device=device)
@@ -388,10 +393,11 @@ class FIBER(VLBaseModel):
         out: dict[str, Tensor] = {}
         fused: list[tuple[str, Tensor, Tensor, Tensor, Tensor]] = []  # (task, images, ids, mask, labels)
         if self.itc_loss is not None:
-            logits_i2t, itc_out = self._itc(inputs, txt_ids, txt_mask)
+            logits_i2t, itc_feats, itc_out = self._itc(inputs, txt_ids, txt_mask)
             out.update(itc_out)
             if self.itm_head is not None:
-                fused.append(('itm', *self._itm_pairs(inputs, txt_ids, txt_mask, logits_i2t, data_samples)))
+                pairs = self._itm_pairs(inputs, txt_ids, txt_mask, logits_i2t, data_samples, itc_feats)
+                fused.append(('itm', *pairs))
         if self.mlm_loss is not None:
             masked_ids, mlm_labels = self._mask(txt_ids, txt_mask)
             fused.append(('mlm', inputs, masked_ids, txt_mask, mlm_labels))
@@ -401,7 +407,11 @@ class FIBER(VLBaseModel):
             out.update(self._caption(inputs, txt_ids, txt_mask))
         return out
 
-    def _itc(self, images: Tensor, txt_ids: Tensor, txt_mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def _itc(
+        self, images: Tensor, txt_ids: Tensor, txt_mask: Tensor
+    ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], dict[str, Tensor]]:
+        """Local ``logits_i2t`` (B, B) and the detached ``img_emb`` (B, E), ``txt_emb`` (B, E) and scale (they
+        weigh the ITM hard negatives, :meth:`_itm_pairs`), and the ITC loss with logged scalars."""
         img_emb = self.image_embedding(images)
         txt_emb = self.text_embedding(txt_ids, txt_mask)
         scale = self.current_logit_scale()
@@ -415,25 +425,55 @@ class FIBER(VLBaseModel):
                 'acc_i2t': (logits_i2t.argmax(dim=1) == target).float().mean(),
                 'acc_t2i': (logits_i2t.argmax(dim=0) == target).float().mean(),
             }
-        return logits_i2t, logged
+        return logits_i2t, (img_emb.detach(), txt_emb.detach(), scale.detach()), logged
 
+    @torch.no_grad()
     def _itm_pairs(
-        self, images: Tensor, txt_ids: Tensor, txt_mask: Tensor, logits_i2t: Tensor, samples: list
+        self,
+        images: Tensor,
+        txt_ids: Tensor,
+        txt_mask: Tensor,
+        logits_i2t: Tensor,
+        samples: list,
+        itc_feats: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """B positives, then a hard-negative caption per image and a hard-negative image per caption (where
-        one exists): images, ids, masks and labels (1 = match) of up to 3B pairs."""
-        neg = sample_hard_negatives(logits_i2t, self._img_ids(samples, images.device))
-        img_rows = torch.nonzero(neg.img_valid).flatten()  # image i with caption txt_for_img[i]
-        txt_rows = torch.nonzero(neg.txt_valid).flatten()  # caption j with image img_for_txt[j]
-        pair_img = torch.cat(
-            [torch.arange(len(images), device=images.device), img_rows, neg.img_for_txt[txt_rows]]
-        )
-        pair_txt = torch.cat(
-            [torch.arange(len(images), device=images.device), neg.txt_for_img[img_rows], txt_rows]
-        )
-        labels = torch.zeros(len(pair_img), dtype=torch.long, device=images.device)
+        one exists) from the global batch: images, ids, masks and labels (1 = match) of up to 3B pairs.
+
+        With one process the local ``logits_i2t`` (B, B) weigh the candidates. With W > 1 the candidates'
+        ITC features (``itc_feats``: ``img_emb``, ``txt_emb``, scale), image ids, images and captions (padded
+        to the context length) are gathered without gradients: the fused pass of a pair runs on the process
+        of its anchor, so nothing needs to flow back to the process a negative came from."""
+        img_ids = self._img_ids(samples, images.device)
+        _, world = _world()
+        if world == 1:
+            neg = sample_hard_negatives(logits_i2t, img_ids)
+            cand_images, cand_ids, cand_mask = images, txt_ids, txt_mask
+        else:
+            if itc_feats is None:
+                raise ValueError('FIBER._itm_pairs: with several processes the ITC features are needed')
+            img_emb, txt_emb, scale = (feat.float() for feat in itc_feats)
+            width = int(self.tokenizer.context_length)
+            pad = int(self.tokenizer.pad_token_id)
+            txt_ids = F.pad(txt_ids, (0, width - txt_ids.shape[1]), value=pad)
+            txt_mask = F.pad(txt_mask, (0, width - txt_mask.shape[1]), value=False)
+            neg = sample_hard_negatives(
+                scale * img_emb @ gather_with_grad(txt_emb).t(),
+                img_ids,
+                logits_t2i=scale * txt_emb @ gather_with_grad(img_emb).t(),
+                candidate_img_ids=gather_with_grad(img_ids),
+            )
+            cand_images, cand_ids = gather_with_grad(images), gather_with_grad(txt_ids)
+            cand_mask = gather_with_grad(txt_mask.long()).bool()
+        img_rows = torch.nonzero(neg.img_valid).flatten()  # image i with candidate caption txt_for_img[i]
+        txt_rows = torch.nonzero(neg.txt_valid).flatten()  # caption j with candidate image img_for_txt[j]
+        txt_for_img = neg.txt_for_img[img_rows]
+        pair_images = torch.cat([images, images[img_rows], cand_images[neg.img_for_txt[txt_rows]]])
+        pair_ids = torch.cat([txt_ids, cand_ids[txt_for_img], txt_ids[txt_rows]])
+        pair_mask = torch.cat([txt_mask, cand_mask[txt_for_img], txt_mask[txt_rows]])
+        labels = torch.zeros(len(pair_images), dtype=torch.long, device=images.device)
         labels[: len(images)] = 1
-        return images[pair_img], txt_ids[pair_txt], txt_mask[pair_txt], labels
+        return pair_images, pair_ids, pair_mask, labels
 
     def _mask(self, txt_ids: Tensor, txt_mask: Tensor) -> tuple[Tensor, Tensor]:
         return self.mlm_loss.mask_captions(

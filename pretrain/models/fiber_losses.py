@@ -31,6 +31,8 @@ from torch import Tensor, nn
 
 from toolkit.registry import MODELS
 
+from .losses import global_mean
+
 __all__ = ['HardNegatives', 'ITMLoss', 'MLMLoss', 'same_image_mask', 'sample_hard_negatives']
 
 
@@ -113,7 +115,8 @@ def sample_hard_negatives(
 
 @MODELS.register_module()
 class ITMLoss(nn.Module):
-    """Cross-entropy of the 2-way image-text matching head (class 1 = the caption matches the image).
+    """Cross-entropy of the 2-way image-text matching head (class 1 = the caption matches the image), averaged
+    over the pairs of all processes (:func:`~pretrain.models.losses.global_mean`).
 
     Args:
         loss_weight: multiplier of the returned loss.
@@ -130,7 +133,8 @@ class ITMLoss(nn.Module):
             raise ValueError(
                 f'ITMLoss expects logits (P, 2) and labels (P,), got {logits.shape}, {labels.shape}'
             )
-        return self.loss_weight * F.cross_entropy(logits.float(), labels.long())
+        total = F.cross_entropy(logits.float(), labels.long(), reduction='sum')
+        return self.loss_weight * global_mean(total, len(labels))
 
 
 @MODELS.register_module()
@@ -146,7 +150,8 @@ class MLMLoss(nn.Module):
         loss_weight: multiplier of the returned loss.
 
     :meth:`mask_tokens` corrupts ids and returns the labels; ``forward(logits (..., V), labels (...))`` -> the
-    mean cross-entropy over labels != ``ignore_index`` (0 with a gradient when there is none).
+    mean cross-entropy over labels != ``ignore_index`` of all processes
+    (:func:`~pretrain.models.losses.global_mean`; 0 with a gradient when there is none).
     """
 
     def __init__(
@@ -230,9 +235,10 @@ class MLMLoss(nn.Module):
             raise ValueError(
                 f'MLMLoss: logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}'
             )
-        if not (labels != self.ignore_index).any():
-            return logits.sum() * 0.0
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=self.ignore_index
+        total = F.cross_entropy(  # 0 (with a graph) when no label is chosen
+            logits.reshape(-1, logits.shape[-1]).float(),
+            labels.reshape(-1),
+            ignore_index=self.ignore_index,
+            reduction='sum',
         )
-        return self.loss_weight * loss
+        return self.loss_weight * global_mean(total, (labels != self.ignore_index).sum())

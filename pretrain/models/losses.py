@@ -14,6 +14,13 @@ Focal contrastive normalisation (our choice, as SigLIP): the focal terms of all 
 and divided by the local batch size B; the image-to-text and text-to-image losses are averaged. RO-ViT's
 equation has no class-balance weight; ``alpha`` (RetinaNet convention: weight ``alpha`` on positives and
 ``1 - alpha`` on negatives) is optional and off (``None``) by default.
+
+Token-level losses (captioning here, MLM / ITM / MDM elsewhere) average over the tokens of the GLOBAL batch
+(:func:`global_mean`): a per-process mean would weigh a process with few tokens as much as one with many, so
+W processes with B / W samples each would not train (or log) what one process with B samples does. DDP
+averages gradients over processes; :func:`global_mean` returns ``W * local_sum / global_count`` so that the
+average is ``global_sum / global_count``. Like the gathers, it is a collective: every process must call the
+loss the same number of times per step (it does whatever its batch holds; an empty batch adds 0 / 0 items).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ __all__ = [
     'InfoNCELoss',
     'contrastive_logits',
     'gather_with_grad',
+    'global_mean',
     'sigmoid_focal_loss',
 ]
 
@@ -49,6 +57,23 @@ def gather_with_grad(features: Tensor) -> Tensor:
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(features.contiguous()), dim=0)
+
+
+def global_mean(total: Tensor, count: Tensor | int) -> Tensor:
+    """This process's share of a mean over the items of all processes: ``world * total / sum(count)``.
+
+    ``total`` is the (differentiable) sum of a loss over this process's ``count`` items. With one process this
+    is ``total / count``; with W, the mean over processes of the returned values (what DDP's gradient
+    averaging and a mean of the logged values see) is the sum over all items divided by their number, as one
+    process with the whole batch would compute. A zero count gives 0 (with a graph), not NaN.
+    """
+    _, world_size = _world()
+    count = torch.as_tensor(count, dtype=torch.float32, device=total.device).detach()
+    if world_size == 1:
+        return total / count.clamp(min=1.0)
+    count = count.clone()
+    dist.all_reduce(count)
+    return total * world_size / count.clamp(min=1.0)
 
 
 def contrastive_logits(
@@ -173,7 +198,8 @@ class InfoNCELoss(nn.Module):
 
 @MODELS.register_module()
 class CaptionCrossEntropyLoss(nn.Module):
-    """Token cross-entropy of the captioning pass, averaged over the non-ignored target tokens.
+    """Token cross-entropy of the captioning pass, averaged over the non-ignored target tokens of the global
+    batch (:func:`global_mean`).
 
     Args:
         label_smoothing: as in ``F.cross_entropy``.
@@ -192,12 +218,11 @@ class CaptionCrossEntropyLoss(nn.Module):
         self.loss_weight = loss_weight
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        if not (targets != self.ignore_index).any():
-            return logits.sum() * 0.0
-        loss = F.cross_entropy(
+        total = F.cross_entropy(  # 0 (with a graph) when every target is ignored
             logits.flatten(0, 1).float(),
             targets.flatten(),
             ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
+            reduction='sum',
         )
-        return self.loss_weight * loss
+        return self.loss_weight * global_mean(total, (targets != self.ignore_index).sum())
