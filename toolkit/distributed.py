@@ -7,7 +7,7 @@ config sets ``strategy``, e.g. the ``*_fsdp.py`` configs of the paper-scale mode
         type='FSDPStrategy',
         model_wrapper=dict(
             auto_wrap_policy=dict(
-                type='toolkit.distributed.block_wrap_policy', block_names=['ViTBlock', 'DecoderBlock']
+                type='toolkit.distributed.block_wrap_policy', block_names=['ViTBlock', 'SelfAttention', 'Mlp']
             ),
             mixed_precision=dict(param_dtype='bfloat16', reduce_dtype='float32', buffer_dtype='float32'),
         ),
@@ -16,14 +16,15 @@ config sets ``strategy``, e.g. the ``*_fsdp.py`` configs of the paper-scale mode
 What this adds to ``FlexibleRunner.from_cfg``:
 
 * Safe checkpoints, as :func:`toolkit.engine.build_runner`: MMEngine's local loader goes through
-  :func:`toolkit.checkpoint.safe_load` and ``SafeCheckpointHook`` is added. FSDP defaults to full (unsharded,
-  rank-0) state dicts offloaded to the CPU: the checkpoint then has the layout of a DDP one and holds plain
-  tensors, which ``torch.load(weights_only=True)`` accepts (``state_dict_cfg='local'`` saves ``ShardedTensor``
-  objects, which it refuses).
+  :func:`toolkit.checkpoint.safe_load` and ``SafeCheckpointHook`` is added. FSDP defaults to full
+  (unsharded) state dicts: the checkpoint has the layout of a DDP one and holds plain tensors, which
+  ``torch.load(weights_only=True)`` accepts (``state_dict_cfg='local'`` saves ``ShardedTensor`` objects,
+  which it refuses) and which a different number of processes can load.
 * CPU training with gloo (tests, machines without CUDA): the process group is initialised here (MMEngine's
   ``init_dist`` would call ``torch.cuda.set_device``); DDP gets ``device_ids=None``; FSDP gets
   ``device_id='cpu'`` (without it, FSDP 1 in torch 2.13 refuses a CPU-only machine: "FSDP needs a non-CPU
-  accelerator device"). FSDP 1 with gloo trains on CPU (reduce-scatter and all-gather run on gloo).
+  accelerator device"). FSDP 1 trains on CPU with gloo (all-gather and reduce-scatter run on gloo), in
+  float32 and with bfloat16 mixed precision (``tests/toolkit/test_distributed.py``).
 * :func:`block_wrap_policy`: an auto-wrap policy naming the transformer block classes (strings in the config,
   no lambdas), so that each block is one FSDP unit: its parameters are gathered only for its own forward and
   backward.
@@ -37,15 +38,22 @@ What this adds to ``FlexibleRunner.from_cfg``:
 
 Activation checkpointing: use the models' own switches (``grad_checkpointing=True`` on ``MaMMUTViT``,
 ``MaMMUTTextDecoder``, BERT, the Multiway Transformer; ``with_cp=True`` on ``FIBERBackbone``); they recompute
-whole blocks non-reentrantly and work inside or around FSDP units. MMEngine's
-``FSDPStrategy(activation_checkpointing=...)`` wraps modules in ``CheckpointWrapper`` instead, which renames
-their parameters in the module tree; it is not needed here.
+blocks non-reentrantly and work around FSDP units (tested). MMEngine's
+``FSDPStrategy(activation_checkpointing=...)`` wraps modules in ``CheckpointWrapper`` instead; not needed.
 
-Limits: a module an FSDP unit wraps must be run through its ``forward``. FIBER's backbone calls the parts of
-the mmdet Swin blocks and RoBERTa layers directly (``block.attn``, ``layer.attention.self.query``), so its
-units are those parts (see the FIBER FSDP config). ALBEF's momentum update reads the online parameters
-outside any forward; with FSDP they are shards of the same layout as the momentum shards, so the
-exponential moving average stays element-wise correct, but ALBEF under FSDP is not exercised by a test.
+Limits of FSDP here:
+
+* A module an FSDP unit wraps must be run through its ``forward``; its parameters are shards outside it.
+  MaMMUT's decoder projects the cross-attention keys / values with ``block.image_kv(...)``, so its units are
+  the blocks' self-attention and MLP, not whole blocks; FIBER's backbone runs the parts of the mmdet Swin
+  blocks and RoBERTa layers itself (``block.attn``, ``layer.attention.self.query``), so its units are those
+  parts (see the ``*_fsdp.py`` configs).
+* Every process must run the same units in the same order (each unit's forward all-gathers). MaMMUT, FIBER
+  and BEiT-3 do (BEiT-3's MDM group sizes follow from the batch size alone).
+* ALBEF does not run under FSDP: its momentum update (inside the forward pass) writes the momentum weights
+  in place, and under FSDP those are views of the flat parameter the online weights are views of too; the
+  next use fails with "RuntimeError: Output 0 of View is a view and its base or another view of its base has
+  been modified inplace". ALBEF at paper scale (187M trained parameters) trains with DDP.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ model = dict(
         cropped_pos_emb=False,
         layer_norm_eps=1e-6,  # DeiT / timm
         drop_path_rate=0.1,  # ALBEF's VisionTransformer
+        grad_checkpointing=False,  # True recomputes blocks in the backward pass (memory for ~1 more forward)
     ),
     text_encoder=dict(
         hidden_size=768,
@@ -37,6 +38,7 @@ model = dict(
         num_heads=12,
         ffn_dim=3072,
         max_positions=512,
+        grad_checkpointing=False,  # as the image encoder's (momentum copies never recompute: no gradients)
     ),
     text_pretrained=bert,
     tokenizer=dict(type='HFTokenizer', path=bert + 'tokenizer.json', context_length=30),  # ALBEF max_words 30
@@ -71,6 +73,10 @@ val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 val_evaluator = [dict(type='RetrievalMetric')]
 test_evaluator = [dict(type='RetrievalMetric', rerank_k=128)]  # ALBEF re-ranks the top 128 (k_test)
+# Mixed precision: `tools/train.py CONFIG --amp` (AmpOptimWrapper on CUDA: float16 autocast with dynamic loss
+# scaling; add `--cfg-options optim_wrapper.dtype=bfloat16` for bfloat16 on Ampere or newer GPUs).
+# No FSDP variant: ALBEF's momentum update writes the momentum weights in place inside the forward pass, which
+# FSDP's flat parameters refuse (toolkit/distributed.py); 187M trained parameters train with DDP.
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.02),  # ALBEF Sec. 4

@@ -8,6 +8,11 @@ _base_ = [
 ]
 max_iters = 1_000_000  # 1M steps (Sec. 2.4, Table 11)
 train_dataloader = dict(batch_size=96)  # per GPU; 64 GPUs x 96 = 6144 = 2048 x 3 (Sec. 2.4)
+# True recomputes every Multiway layer in the backward pass (memory for ~1 more forward; on in the _fsdp.py
+# variant, which also shards the weights over the GPUs).
+model = dict(backbone=dict(grad_checkpointing=False))
+# Mixed precision: `tools/train.py CONFIG --amp` (AmpOptimWrapper on CUDA: float16 autocast with dynamic loss
+# scaling; add `--cfg-options optim_wrapper.dtype=bfloat16` for bfloat16 on Ampere or newer GPUs).
 optim_wrapper = dict(
     type='OptimWrapper',
     # AdamW beta (0.9, 0.98), eps 1e-6, weight decay 0.05, peak lr 1e-3 (Sec. 2.4).

@@ -87,6 +87,9 @@ test_dataloader = val_dataloader
 val_evaluator = [dict(type='RetrievalMetric')]
 test_evaluator = [dict(type='RetrievalMetric', rerank_k=128)]
 
+# Mixed precision: `tools/train.py CONFIG --amp` (AmpOptimWrapper on CUDA: float16 autocast with dynamic loss
+# scaling; add `--cfg-options optim_wrapper.dtype=bfloat16` for bfloat16 on Ampere or newer GPUs).
+# Sharded over the GPUs instead of replicated: the _fsdp.py variant of this config.
 optim_wrapper = dict(
     type='OptimWrapper',
     # FIBER's set_schedule: AdamW, learning_rate 1e-5, betas (0.9, 0.98), weight_decay 0.01, no clipping.

@@ -6,6 +6,12 @@ are left on where the module has them: non-reentrant checkpointing restores the 
 recomputation, so the recomputed masks are the ones of the first pass (a wrong RNG handling would show as a
 gradient mismatch). A counting wrapper around ``torch.utils.checkpoint.checkpoint`` checks that the switch
 really recomputes (one call per block) and does nothing in eval mode or under ``torch.no_grad``.
+
+What it saves, measured once (not a test): ``MaMMUTViT`` at ViT-B/16 size (224 px, 12 x 768), batch 8,
+float32 forward + backward on CPU, each setting in a fresh process. Tensors kept for the backward pass
+(saved-tensor hooks): 1278 MB without, 71 MB with checkpointing (the 12 block inputs and the stem). Peak
+resident memory above the model and its gradients (``ru_maxrss``): 1172 MB without, 501 MB with (-57 %).
+Time: one more forward pass (11.5 s -> 17.7 s on a loaded 2-core machine).
 """
 
 from __future__ import annotations

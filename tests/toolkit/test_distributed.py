@@ -506,3 +506,55 @@ def test_fsdp_mixed_precision_trains(runs: dict[str, Any]) -> None:
         assert value == pytest.approx(fp32[0]['steps'][0]['losses'][key])
     assert all(torch.isfinite(torch.tensor(list(s['losses'].values()))).all() for s in bf16[0]['steps'])
     assert all(value.dtype == torch.float32 for value in bf16[0]['params'].values())  # float32 master weights
+
+
+# ------------------------------------------------------------------------------- pieces, no processes
+def test_block_wrap_policy_wraps_the_named_classes_only() -> None:
+    from pretrain.models.vit import ViTBlock
+    from toolkit.distributed import block_wrap_policy
+
+    block = ViTBlock(8, 2, 2.0, True, 0.0, 1e-5)
+    names = ['ViTBlock']
+    assert block_wrap_policy(block.mlp, recurse=True, nonwrapped_numel=0, block_names=names)  # looks inside
+    assert block_wrap_policy(block, recurse=False, nonwrapped_numel=0, block_names=names)
+    assert not block_wrap_policy(block.mlp, recurse=False, nonwrapped_numel=0, block_names=names)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU defaults')
+def test_strategy_defaults_on_cpu() -> None:
+    from toolkit.distributed import _strategy
+
+    cfg = Config(dict(launcher='pytorch', strategy=dict(type='FSDPStrategy', model_wrapper=dict(a=1))))
+    strategy = _strategy(cfg)
+    assert strategy['type'] == 'toolkit.distributed.ToolkitFSDPStrategy'
+    assert strategy['model_wrapper'] == dict(a=1, type='MMFullyShardedDataParallel', device_id='cpu')
+    # full state dicts (plain tensors, weights_only-loadable), gathered in place on CPU
+    assert strategy['state_dict_cfg']['state_dict_type'] == 'FULL_STATE_DICT'
+    assert strategy['state_dict_cfg']['state_dict_config']['offload_to_cpu'] is False
+    ddp = _strategy(Config(dict(launcher='pytorch', strategy=dict(type='DDPStrategy'))))
+    assert ddp['model_wrapper']['device_ids'] is None
+    with pytest.raises(ValueError, match='distributed launch'):
+        _strategy(Config(dict(launcher='none', strategy=dict(type='FSDPStrategy'))))
+
+
+FSDP_CONFIGS = sorted((REPO / 'configs').rglob('*_fsdp.py'))
+
+
+@pytest.mark.parametrize('path', FSDP_CONFIGS, ids=lambda p: p.name)
+def test_fsdp_configs_name_real_blocks(path: Path) -> None:
+    """The paper-scale FSDP configs wrap the blocks the test above trains with, and those blocks exist in the
+    method's model (a misspelt name would silently leave everything in the root unit)."""
+    from toolkit.registry import MODELS
+
+    cfg = Config.fromfile(str(path))
+    method = {'MaMMUT': 'mammut', 'FIBER': 'fiber', 'BEiT3': 'beit3'}[cfg.model.type]
+    wrapper = cfg.strategy.model_wrapper
+    names = list(wrapper.auto_wrap_policy.block_names)
+    assert cfg.strategy.type == 'FSDPStrategy' and names == FSDP_BLOCKS[method]
+    assert wrapper.auto_wrap_policy.type == 'toolkit.distributed.block_wrap_policy'
+    assert wrapper.mixed_precision.param_dtype == 'bfloat16'
+    assert all(cfg.model[part][switch] for part, switch in GRAD_CKPT[method])
+    tiny = Config.fromfile(str(CONFIGS[method])).model.to_dict()
+    _shrink(method, tiny)
+    classes = {type(module).__name__ for module in MODELS.build(tiny).modules()}
+    assert set(names) <= classes, set(names) - classes
