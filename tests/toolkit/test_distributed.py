@@ -464,6 +464,7 @@ def _compare(reference: dict[str, Any], ranks: list[dict[str, Any]], label: str)
     return dict(loss=loss_diff, weights=weight_diff)
 
 
+@pytest.mark.slow  # the spawned runs of the module fixture: ~1 minute of CPU
 @pytest.mark.parametrize('method', METHODS)
 def test_two_processes_train_as_one(method: str, runs: dict[str, Any]) -> None:
     ranks = runs[f'ddp_{method}']
@@ -479,6 +480,7 @@ def test_two_processes_train_as_one(method: str, runs: dict[str, Any]) -> None:
 FSDP_UNITS = {'mammut': 9, 'fiber': 12, 'beit3': 3}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method', FSDP_METHODS)
 def test_fsdp_trains_as_one_process(method: str, runs: dict[str, Any]) -> None:
     ranks = runs[f'fsdp_{method}']
@@ -495,15 +497,16 @@ def test_fsdp_trains_as_one_process(method: str, runs: dict[str, Any]) -> None:
         torch.testing.assert_close(checkpoint['state_dict'][name], value, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_fsdp_mixed_precision_trains(runs: dict[str, Any]) -> None:
     """bfloat16 FSDP (the paper-scale configs' setting) runs on CPU/gloo and follows the float32 run to within
     bfloat16's precision at the first step (later steps drift apart, as any two precisions do)."""
     bf16, fp32 = runs['fsdp_bf16_mammut'], runs['fsdp_mammut']
-    for key, value in fp32[0]['steps'][0]['losses'].items():
+    for key in fp32[0]['steps'][0]['losses']:
         mean = sum(r['steps'][0]['losses'][key] for r in bf16) / 2
         reference = sum(r['steps'][0]['losses'][key] for r in fp32) / 2
         assert mean == pytest.approx(reference, rel=2e-2), key  # bfloat16 keeps 8 bits of mantissa
-        assert value == pytest.approx(fp32[0]['steps'][0]['losses'][key])
+        assert mean != pytest.approx(reference, rel=1e-6, abs=0), key  # and the compute really is bfloat16
     assert all(torch.isfinite(torch.tensor(list(s['losses'].values()))).all() for s in bf16[0]['steps'])
     assert all(value.dtype == torch.float32 for value in bf16[0]['params'].values())  # float32 master weights
 
