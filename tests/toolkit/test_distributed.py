@@ -93,10 +93,10 @@ FSDP_BLOCKS = {
     'albef': ['ViTBlock', 'BertLayer'],
     'beit3': ['MultiwayLayer'],
 }
-# Activation checkpointing switches (on in the FSDP runs: recomputation around / inside FSDP units).
 # ALBEF is left out: its momentum update writes the momentum weights in place inside the forward pass, which
 # FSDP's flat parameters do not allow (see toolkit.distributed).
 FSDP_METHODS = ('mammut', 'fiber', 'beit3')
+# Activation checkpointing switches (on in the FSDP runs and configs: recomputation around FSDP units).
 GRAD_CKPT = {
     'mammut': [('image_encoder', 'grad_checkpointing'), ('text_decoder', 'grad_checkpointing')],
     'fiber': [('backbone', 'with_cp')],
@@ -212,7 +212,7 @@ def _config(
 
 
 class _Recorder(Hook):
-    """Every loss term and the image ids of this process's batch, per iteration."""
+    """Per iteration: every loss term, the image ids of this process's batch, the clipped gradient norm."""
 
     priority = 'LOWEST'
 
