@@ -49,7 +49,10 @@ Limits of FSDP here:
   blocks and RoBERTa layers itself (``block.attn``, ``layer.attention.self.query``), so its units are those
   parts (see the ``*_fsdp.py`` configs).
 * Every process must run the same units in the same order (each unit's forward all-gathers). MaMMUT, FIBER
-  and BEiT-3 do (BEiT-3's MDM group sizes follow from the batch size alone).
+  and BEiT-3 do in training (BEiT-3's MDM group sizes follow from the batch size alone). In evaluation,
+  caption generation stops after a data-dependent number of decoder calls and ITM re-ranking runs the model
+  on the main process only: both would hang, so the FSDP configs evaluate retrieval by embeddings, and the
+  rest runs with ``tools/test.py`` and the DDP config on the checkpoint (full weights, the DDP layout).
 * ALBEF does not run under FSDP: its momentum update (inside the forward pass) writes the momentum weights
   in place, and under FSDP those are views of the flat parameter the online weights are views of too; the
   next use fails with "RuntimeError: Output 0 of View is a view and its base or another view of its base has
@@ -59,6 +62,7 @@ Limits of FSDP here:
 from __future__ import annotations
 
 import copy
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -145,11 +149,12 @@ class ToolkitFSDPStrategy(FSDPStrategy):
         step = wrapper.step
         replicated = self.replicated_params
 
-        def synced_step(**kwargs: Any) -> None:
+        def synced_step(optim_wrapper: Any, **kwargs: Any) -> None:
             _average_grads(replicated)  # before clipping and the update, as DDP's reduction would be
             step(**kwargs)
 
-        wrapper.step = synced_step
+        # A bound method, as MMEngine's parameter schedulers expect when they wrap ``step`` to count calls.
+        wrapper.step = types.MethodType(synced_step, wrapper)
         if getattr(wrapper, 'clip_func', None) is torch.nn.utils.clip_grad_norm_:
             fsdp_model = self.model
 

@@ -5,6 +5,9 @@
 # Mixed precision is FSDP's own (below): do not add --amp, which would autocast on top of it.
 _base_ = ['./fiber_swin-b-roberta-base_64xb64-100k_coco-cc3m-coarse-pretrain.py']
 model = dict(backbone=dict(with_cp=True))  # as the base: every Swin block and RoBERTa layer recomputed
+# ITM re-ranking runs the model in the metric, on the main process only; FSDP needs every process for each
+# forward. Re-rank with tools/test.py and the DDP config on the checkpoint (full weights, the DDP layout).
+test_evaluator = [dict(type='RetrievalMetric')]
 strategy = dict(
     type='FSDPStrategy',  # toolkit.distributed runs it as ToolkitFSDPStrategy (scalar parameters, clipping)
     model_wrapper=dict(

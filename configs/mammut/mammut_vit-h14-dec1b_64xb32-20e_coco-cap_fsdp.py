@@ -11,7 +11,13 @@ model = dict(
     # 1.17 -> 0.50 GB; see tests/pretrain/test_grad_checkpointing.py), for one more forward pass of compute.
     image_encoder=dict(grad_checkpointing=True),
     text_decoder=dict(grad_checkpointing=True),
+    # Captioning stops when every caption of a batch has ended, after a different number of decoder calls on
+    # each process, but FSDP needs the same calls on all of them: evaluate retrieval here, and captions with
+    # tools/test.py and the DDP config on the checkpoint (full weights, the DDP layout).
+    generation=dict(method='none'),
 )
+val_evaluator = [dict(type='RetrievalMetric')]
+test_evaluator = val_evaluator
 strategy = dict(
     type='FSDPStrategy',  # toolkit.distributed runs it as ToolkitFSDPStrategy (scalar parameters, clipping)
     model_wrapper=dict(

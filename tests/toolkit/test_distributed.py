@@ -257,6 +257,8 @@ def _train(
             cfg.model[part][switch] = True
         # Clipping by the global gradient norm: under FSDP it must be the norm over all shards.
         cfg.optim_wrapper['clip_grad'] = dict(max_norm=0.5)
+        # A (constant) schedule: MMEngine's schedulers wrap the optimizer wrapper's step, which FSDP patches.
+        cfg.param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=ITERS)]
         if method == 'beit3':
             # FSDP needs the same sequence of unit calls on every rank; BEiT-3 makes one backbone pass per MDM
             # group, and the sample-keyed split can leave a group empty on one rank only. With pairs only,
