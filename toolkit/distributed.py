@@ -138,6 +138,17 @@ class ToolkitFSDPStrategy(FSDPStrategy):
         self.model_wrapper = wrapper  # a plain dict: the registry copies it shallowly, the parameters stay
         return super()._wrap_model(model)
 
+    def load_optim_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """MMEngine 0.10.7 passes ``(state_dict, model, optim)`` positionally to ``optim_state_dict_to_load``,
+        the argument order of torch 2.0; torch 2.1 and later take ``(model, optim, optim_state_dict)``, so
+        resuming failed ("TypeError: unhashable type: 'dict'"). Keywords work with both."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        to_load = FullyShardedDataParallel.optim_state_dict_to_load(
+            model=self.model, optim=self.optim_wrapper.optimizer, optim_state_dict=state_dict
+        )
+        self.optim_wrapper.load_state_dict(to_load)
+
     def build_optim_wrapper(self, optim_wrapper: Any, model: nn.Module | None = None) -> Any:
         built = super().build_optim_wrapper(optim_wrapper, model)
         inner = getattr(built, 'optim_wrappers', None)  # an OptimWrapperDict

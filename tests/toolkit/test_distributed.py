@@ -238,8 +238,13 @@ def _train(
     world: int,
     fsdp: bool = False,
     bf16: bool = False,
+    iters: int = ITERS,
+    resume_from: str | None = None,
 ) -> dict:
-    """Train; the losses and image ids of every step, the final parameters (full, also under FSDP)."""
+    """Train; the losses and image ids of every step, the final parameters (full, also under FSDP).
+
+    ``resume_from``: a checkpoint to resume (AdamW and deterministic models, for :func:`test_fsdp_resumes`).
+    """
     from toolkit.engine import build_runner
 
     strategy = None
@@ -252,6 +257,13 @@ def _train(
     elif fsdp:  # its reference: MMEngine's FlexibleRunner builds the model later, after other RNG draws
         strategy = dict(type='SingleDeviceStrategy')
     cfg = _config(method, data_root, ann_file, work_dir, world=world, strategy=strategy)
+    cfg.train_cfg['max_iters'] = iters
+    if resume_from is not None:
+        cfg.resume, cfg.load_from = True, resume_from
+    if iters != ITERS:  # the resume runs: AdamW (a state to restore), no random draws in the model
+        cfg.optim_wrapper['optimizer'] = dict(type='AdamW', lr=1e-3)
+        cfg.model['image_encoder']['cropped_pos_emb'] = False
+        cfg.model['shuffle_passes'] = False
     if fsdp:  # activation checkpointing through the models' own switches, around FSDP units
         for part, switch in GRAD_CKPT[method]:
             cfg.model[part][switch] = True
@@ -265,7 +277,7 @@ def _train(
             # every rank makes the same passes (normally group sizes follow from the batch size alone).
             cfg.model['mixture'] = dict(image=0, text=0, pair=1)
         cfg.default_hooks['checkpoint'] = dict(
-            type='CheckpointHook', by_epoch=False, interval=ITERS, max_keep_ckpts=1
+            type='CheckpointHook', by_epoch=False, interval=ITERS if iters == ITERS else 2, max_keep_ckpts=2
         )
     runner = build_runner(cfg)
     recorder = _Recorder()
@@ -412,6 +424,11 @@ def runs(shapes_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     jobs = [dict(method=m, tag=f'ddp_{m}', **common) for m in METHODS]
     jobs += [dict(method=m, tag=f'fsdp_{m}', fsdp=True, **common) for m in FSDP_METHODS]
     jobs.append(dict(method='mammut', tag='fsdp_bf16_mammut', fsdp=True, bf16=True, **common))
+    jobs.append(dict(method='mammut', tag='fsdp_4iters', fsdp=True, iters=4, **common))
+    resume_from = str(out / 'fsdp_4iters_rank0' / 'iter_2.pth')  # rank 0 saves the full state dict
+    jobs.append(
+        dict(method='mammut', tag='fsdp_resumed', fsdp=True, iters=4, resume_from=resume_from, **common)
+    )
     ctx = mp.get_context('spawn')  # fork after OpenMP/gloo initialisation can deadlock
     port = _free_port()
     procs = [ctx.Process(target=_worker, args=(rank, port, jobs, out), daemon=True) for rank in range(2)]
@@ -511,6 +528,18 @@ def test_fsdp_mixed_precision_trains(runs: dict[str, Any]) -> None:
         assert mean != pytest.approx(reference, rel=1e-6, abs=0), key  # and the compute really is bfloat16
     assert all(torch.isfinite(torch.tensor(list(s['losses'].values()))).all() for s in bf16[0]['steps'])
     assert all(value.dtype == torch.float32 for value in bf16[0]['params'].values())  # float32 master weights
+
+
+@pytest.mark.slow
+def test_fsdp_resumes(runs: dict[str, Any]) -> None:
+    """4 FSDP iterations (AdamW), and 2 more resumed from the full checkpoint of iteration 2, end alike: the
+    weights, AdamW's moments and the step count come back into the shards."""
+    full, resumed = runs['fsdp_4iters'][0], runs['fsdp_resumed'][0]
+    assert len(resumed['steps']) == 2  # iterations 3 and 4 only
+    for mine, theirs in zip(resumed['steps'], full['steps'][2:], strict=True):
+        assert mine['losses'] == pytest.approx(theirs['losses'], rel=1e-6)
+    for name, value in full['params'].items():
+        torch.testing.assert_close(resumed['params'][name], value, rtol=1e-6, atol=1e-7, msg=name)
 
 
 # ------------------------------------------------------------------------------- pieces, no processes
