@@ -28,11 +28,12 @@ What this adds to ``FlexibleRunner.from_cfg``:
 * :func:`block_wrap_policy`: an auto-wrap policy naming the transformer block classes (strings in the config,
   no lambdas), so that each block is one FSDP unit: its parameters are gathered only for its own forward and
   backward.
-* ``FSDPStrategy`` becomes :class:`ToolkitFSDPStrategy`, which fixes two things MMEngine 0.10.7's strategy
-  gets wrong for these models: FSDP 1 refuses 0-dim parameters (the learned ``logit_scale``, ``logit_bias``,
-  ALBEF's ``temp``: "FSDP doesn't support scalar parameters"), so they are left out of the shards
-  (``ignored_states``) and their gradients averaged over the processes before each optimizer step; and
-  gradient-norm clipping (``clip_grad=dict(max_norm=...)``) must use the norm over all shards
+* ``FSDPStrategy`` becomes :class:`ToolkitFSDPStrategy`, which fixes three things MMEngine 0.10.7's strategy
+  gets wrong for these models or this torch. Resuming passes torch 2.0's argument order to
+  ``optim_state_dict_to_load`` (fails on torch 2.13). FSDP 1 refuses 0-dim parameters (the learned
+  ``logit_scale``, ``logit_bias``, ALBEF's ``temp``: "FSDP doesn't support scalar parameters"), so they are
+  left out of the shards (``ignored_states``) and their gradients averaged over the processes before each
+  optimizer step. Gradient-norm clipping (``clip_grad=dict(max_norm=...)``) must use the norm over all shards
   (``FullyShardedDataParallel.clip_grad_norm_``), not each process's ``torch.nn.utils.clip_grad_norm_`` of its
   own shard (which would clip every process by a different factor).
 
@@ -117,7 +118,8 @@ def _average_grads(params: Sequence[nn.Parameter]) -> None:
 
 
 class ToolkitFSDPStrategy(FSDPStrategy):
-    """MMEngine's ``FSDPStrategy`` with 0-dim parameters kept out of the shards and global-norm clipping.
+    """MMEngine's ``FSDPStrategy`` with 0-dim parameters kept out of the shards, global-norm clipping and a
+    resume that works with torch 2.13 (see the module docstring).
 
     :func:`build_flexible_runner` substitutes it for ``FSDPStrategy``; the arguments are the same.
     """
