@@ -18,9 +18,10 @@ equation has no class-balance weight; ``alpha`` (RetinaNet convention: weight ``
 Token-level losses (captioning here, MLM / ITM / MDM elsewhere) average over the tokens of the GLOBAL batch
 (:func:`global_mean`): a per-process mean would weigh a process with few tokens as much as one with many, so
 W processes with B / W samples each would not train (or log) what one process with B samples does. DDP
-averages gradients over processes; :func:`global_mean` returns ``W * local_sum / global_count`` so that the
-average is ``global_sum / global_count``. Like the gathers, it is a collective: every process must call the
-loss the same number of times per step (it does whatever its batch holds; an empty batch adds 0 / 0 items).
+averages gradients over processes; :func:`global_mean` gives each process the gradient of
+``W * local_sum / global_count``, so that the average is that of ``global_sum / global_count``, and logs the
+global mean itself. Like the gathers, it is a collective: every process must call the loss the same number of
+times per step (it does whatever its batch holds; an empty batch adds 0 / 0 items).
 """
 
 from __future__ import annotations
@@ -60,20 +61,23 @@ def gather_with_grad(features: Tensor) -> Tensor:
 
 
 def global_mean(total: Tensor, count: Tensor | int) -> Tensor:
-    """This process's share of a mean over the items of all processes: ``world * total / sum(count)``.
+    """A mean over the items of all processes, with this process's share of its gradient.
 
     ``total`` is the (differentiable) sum of a loss over this process's ``count`` items. With one process this
-    is ``total / count``; with W, the mean over processes of the returned values (what DDP's gradient
-    averaging and a mean of the logged values see) is the sum over all items divided by their number, as one
-    process with the whole batch would compute. A zero count gives 0 (with a graph), not NaN.
+    is ``total / count``. With W, the value is the global mean ``sum(total) / sum(count)`` on every process
+    (what is logged), and the gradient that of ``W * total / sum(count)``: DDP averages the W gradients into
+    the gradient of the global mean, as one process with the whole batch would compute it. A zero count gives
+    0 (with a graph), not NaN.
     """
     _, world_size = _world()
     count = torch.as_tensor(count, dtype=torch.float32, device=total.device).detach()
     if world_size == 1:
         return total / count.clamp(min=1.0)
-    count = count.clone()
-    dist.all_reduce(count)
-    return total * world_size / count.clamp(min=1.0)
+    stats = torch.stack([total.detach().float(), count])
+    dist.all_reduce(stats)
+    denominator = stats[1].clamp(min=1.0)
+    share = total * world_size / denominator
+    return share + (stats[0] / denominator - share).detach()
 
 
 def contrastive_logits(

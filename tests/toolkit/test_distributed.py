@@ -93,6 +93,8 @@ FSDP_BLOCKS = {
     'albef': ['ViTBlock', 'BertLayer'],
     'beit3': ['MultiwayLayer'],
 }
+# Loss terms averaged by pretrain.models.losses.global_mean (the contrastive ones average local rows).
+GLOBAL_MEANS = {'loss_caption', 'loss_mlm', 'loss_itm', 'loss_mdm'}
 # ALBEF is left out: its momentum update writes the momentum weights in place inside the forward pass, which
 # FSDP's flat parameters do not allow (see toolkit.distributed).
 FSDP_METHODS = ('mammut', 'fiber', 'beit3')
@@ -491,6 +493,10 @@ def test_two_processes_train_as_one(method: str, runs: dict[str, Any]) -> None:
         torch.testing.assert_close(ranks[1]['params'][name], value, rtol=0, atol=0)
     diffs = _compare(runs['ref'][method], ranks, method)
     print(f'{method}: max |loss diff| {diffs["loss"]:.2e}, max |weight diff| {diffs["weights"]:.2e}')
+    for step in range(ITERS):  # token / pair means are global: every process logs the same value
+        values = [r['steps'][step]['losses'] for r in ranks]
+        for key in GLOBAL_MEANS & set(values[0]):
+            assert values[1][key] == pytest.approx(values[0][key], rel=1e-6), (key, step)
 
 
 # The FSDP units: MaMMUT 2 ViT blocks (each with its MLP as a nested unit), 2 decoder self-attentions and
