@@ -69,7 +69,7 @@ from toolkit.tokenizers import pad_id_rows
 from .base import VLBaseModel
 from .fiber_losses import sample_hard_negatives
 from .generation import generate as generate_ids
-from .losses import _world, gather_with_grad
+from .losses import _world, gather_with_grad, select_global_rows
 
 __all__ = ['FIBER', 'ITMHead', 'ITMScorer', 'LMHead']
 
@@ -441,14 +441,14 @@ class FIBER(VLBaseModel):
         one exists) from the global batch: images, ids, masks and labels (1 = match) of up to 3B pairs.
 
         With one process the local ``logits_i2t`` (B, B) weigh the candidates. With W > 1 the candidates'
-        ITC features (``itc_feats``: ``img_emb``, ``txt_emb``, scale), image ids, images and captions (padded
-        to the context length) are gathered without gradients: the fused pass of a pair runs on the process
-        of its anchor, so nothing needs to flow back to the process a negative came from."""
+        ITC features (``itc_feats``: ``img_emb``, ``txt_emb``, scale) and image ids are gathered, and the
+        drawn negative images and captions (padded to the context length) fetched from their processes, all
+        without gradients: the fused pass of a pair runs on the process of its anchor, so nothing needs to
+        flow back to the process a negative came from."""
         img_ids = self._img_ids(samples, images.device)
         _, world = _world()
         if world == 1:
             neg = sample_hard_negatives(logits_i2t, img_ids)
-            cand_images, cand_ids, cand_mask = images, txt_ids, txt_mask
         else:
             if itc_feats is None:
                 raise ValueError('FIBER._itm_pairs: with several processes the ITC features are needed')
@@ -463,14 +463,13 @@ class FIBER(VLBaseModel):
                 logits_t2i=scale * txt_emb @ gather_with_grad(img_emb).t(),
                 candidate_img_ids=gather_with_grad(img_ids),
             )
-            cand_images, cand_ids = gather_with_grad(images), gather_with_grad(txt_ids)
-            cand_mask = gather_with_grad(txt_mask.long()).bool()
         img_rows = torch.nonzero(neg.img_valid).flatten()  # image i with candidate caption txt_for_img[i]
         txt_rows = torch.nonzero(neg.txt_valid).flatten()  # caption j with candidate image img_for_txt[j]
-        txt_for_img = neg.txt_for_img[img_rows]
-        pair_images = torch.cat([images, images[img_rows], cand_images[neg.img_for_txt[txt_rows]]])
-        pair_ids = torch.cat([txt_ids, cand_ids[txt_for_img], txt_ids[txt_rows]])
-        pair_mask = torch.cat([txt_mask, cand_mask[txt_for_img], txt_mask[txt_rows]])
+        txt_for_img, img_for_txt = neg.txt_for_img[img_rows], neg.img_for_txt[txt_rows]
+        pair_images = torch.cat([images, images[img_rows], select_global_rows(images, img_for_txt)])
+        pair_ids = torch.cat([txt_ids, select_global_rows(txt_ids, txt_for_img), txt_ids[txt_rows]])
+        neg_mask = select_global_rows(txt_mask.long(), txt_for_img).bool()
+        pair_mask = torch.cat([txt_mask, neg_mask, txt_mask[txt_rows]])
         labels = torch.zeros(len(pair_images), dtype=torch.long, device=images.device)
         labels[: len(images)] = 1
         return pair_images, pair_ids, pair_mask, labels

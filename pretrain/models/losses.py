@@ -40,6 +40,7 @@ __all__ = [
     'contrastive_logits',
     'gather_with_grad',
     'global_mean',
+    'select_global_rows',
     'sigmoid_focal_loss',
 ]
 
@@ -58,6 +59,28 @@ def gather_with_grad(features: Tensor) -> Tensor:
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(features.contiguous()), dim=0)
+
+
+@torch.no_grad()
+def select_global_rows(local: Tensor, rows: Tensor) -> Tensor:
+    """Rows ``rows`` (K,) of the global batch (the processes' ``local`` (B, ...) tensors concatenated in rank
+    order, as :func:`gather_with_grad` orders them) -> (K, ...), without gradients.
+
+    Each process broadcasts its batch in turn and every process keeps the rows it asked for, so at most one
+    other batch is held at a time: an all-gather would hold all W (FIBER-B's ITM negatives: 4096 images of
+    384 px, 7 GB per GPU). Every process must call it, with ``local`` of the same shape.
+    """
+    rank, world_size = _world()
+    if world_size == 1:
+        return local[rows]
+    size = local.shape[0]
+    out = local.new_empty((len(rows), *local.shape[1:]))
+    for source in range(world_size):
+        batch = local.contiguous() if source == rank else torch.empty_like(local)
+        dist.broadcast(batch, source)
+        keep = (rows // size) == source
+        out[keep] = batch[rows[keep] % size]
+    return out
 
 
 def global_mean(total: Tensor, count: Tensor | int) -> Tensor:
