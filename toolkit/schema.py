@@ -381,28 +381,7 @@ def check_coco_captions(ann: Any, *, source: str, max_caption_chars: int = MAX_C
     sizes = _images(
         f, images, need_size=False, path_of=lambda im: im.get('file_name', _MISSING), path_key='file_name'
     )
-    ids: list[Any] = []
-    positions: list[int] = []
-    for i, a in enumerate(anns):
-        if type(a) is not dict:
-            f.fail(f'annotations[{i}]', None, f'expected an object, got {_type_name(a)}')
-        image_id = a.get('image_id', _MISSING)
-        if type(image_id) is not int or image_id not in sizes:
-            problem = (
-                f'expected an integer id, got {_type_name(image_id)}'
-                if type(image_id) is not int
-                else f'{image_id} is not an id in "images" (unknown image id)'
-            )
-            f.fail(_name('annotations', i, a), 'image_id', problem)
-        caption = a.get('caption', _MISSING)
-        if type(caption) is not str or not caption or caption.isspace() or len(caption) > max_caption_chars:
-            f.text(_name('annotations', i, a), 'caption', caption, max_caption_chars)
-        if 'id' in a:
-            if type(a['id']) is not int:
-                f.fail(_name('annotations', i, a), 'id', f'expected an integer id, got {_type_name(a["id"])}')
-            ids.append(a['id'])
-            positions.append(i)
-    f.duplicates('annotations', anns, ids, positions=positions)
+    _caption_records(f, 'annotations', anns, 'image_id', set(sizes), int, 'id', max_caption_chars)
 
 
 def check_msrvtt_videodatainfo(ann: Any, *, source: str, max_caption_chars: int = MAX_CAPTION_CHARS) -> None:
@@ -432,32 +411,54 @@ def check_msrvtt_videodatainfo(ann: Any, *, source: str, max_caption_chars: int 
     f.duplicates('videos', videos, names, 'video_id')
     f.duplicates('videos', videos, ids)
     known = set(names)
-    sen_ids: list[Any] = []
+    _caption_records(f, 'sentences', sentences, 'video_id', known, str, 'sen_id', max_caption_chars)
+
+
+def _caption_records(
+    f: _File,
+    list_key: str,
+    records: list[Any],
+    ref_key: str,
+    known: set[Any],
+    ref_type: type,
+    id_key: str,
+    max_chars: int,
+) -> None:
+    """Caption records (COCO ``annotations``, MSR-VTT ``sentences``): ``ref_key`` is one of the ``known``
+    images (an ``int`` id) or videos (a ``str`` name), ``caption`` is a non-empty string of at most
+    ``max_chars``, and the optional integer ``id_key`` is unique."""
+    ids: list[Any] = []
     positions: list[int] = []
-    for i, sentence in enumerate(sentences):
-        if type(sentence) is not dict:
-            f.fail(f'sentences[{i}]', None, f'expected an object, got {_type_name(sentence)}')
-        video_id = sentence.get('video_id', _MISSING)
-        if type(video_id) is not str or video_id not in known:
-            problem = (
-                f'expected a string video id, got {_type_name(video_id)}'
-                if type(video_id) is not str
-                else f'{video_id!r} is not a video_id in "videos" (unknown video id)'
+    for i, record in enumerate(records):
+        if type(record) is not dict:
+            f.fail(f'{list_key}[{i}]', None, f'expected an object, got {_type_name(record)}')
+        name = _name(list_key, i, record, id_key)
+        ref = record.get(ref_key, _MISSING)
+        if type(ref) is not ref_type:
+            kind = 'a string video id' if ref_type is str else 'an integer id'
+            f.fail(name, ref_key, f'expected {kind}, got {_type_name(ref)}')
+        if ref not in known:
+            what = (
+                'video_id in "videos" (unknown video id)'
+                if ref_type is str
+                else 'id in "images" (unknown image id)'
             )
-            f.fail(_name('sentences', i, sentence, 'sen_id'), 'video_id', problem)
-        caption = sentence.get('caption', _MISSING)
-        if type(caption) is not str or not caption or caption.isspace() or len(caption) > max_caption_chars:
-            f.text(_name('sentences', i, sentence, 'sen_id'), 'caption', caption, max_caption_chars)
-        if 'sen_id' in sentence:
-            if type(sentence['sen_id']) is not int:
+            f.fail(
+                name, ref_key, f'{ref!r} is not a {what}' if ref_type is str else f'{ref} is not an {what}'
+            )
+        caption = record.get('caption', _MISSING)
+        if type(caption) is not str or not caption or caption.isspace() or len(caption) > max_chars:
+            f.text(name, 'caption', caption, max_chars)
+        if id_key in record:
+            if type(record[id_key]) is not int:
                 f.fail(
-                    _name('sentences', i, sentence, 'sen_id'),
-                    'sen_id',
-                    f'expected an integer, got {_type_name(sentence["sen_id"])}',
+                    name,
+                    id_key,
+                    f'expected an integer{" id" if id_key == "id" else ""}, got {_type_name(record[id_key])}',
                 )
-            sen_ids.append(sentence['sen_id'])
+            ids.append(record[id_key])
             positions.append(i)
-    f.duplicates('sentences', sentences, sen_ids, 'sen_id', positions)
+    f.duplicates(list_key, records, ids, id_key, positions)
 
 
 def check_msrvtt_qa(ann: Any, *, source: str, max_caption_chars: int = MAX_CAPTION_CHARS) -> None:
