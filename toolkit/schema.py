@@ -38,7 +38,7 @@ from __future__ import annotations
 import os
 import os.path as osp
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any, NoReturn
 
 __all__ = [
@@ -136,6 +136,14 @@ class _File:
                     f'duplicate {id_key} {rec_id!r} (also {list_key}[{first[rec_id]}])',
                 )
             first[rec_id] = index
+
+    def known_id(self, record: str, key: str, value: Any, known: Container[Any], section: str) -> None:
+        """An integer id listed in ``section`` (``known``: its ids; ``key`` is e.g. ``'image_id'``)."""
+        if type(value) is not int:
+            self.fail(record, key, f'expected an integer id, got {_type_name(value)}')
+        if value not in known:
+            what = key.removesuffix('_id')
+            self.fail(record, key, f'{value} is not an id in "{section}" (unknown {what} id)')
 
     def text(self, record: str, key: str, value: Any, max_chars: int) -> None:
         """A non-empty string of at most ``max_chars`` characters."""
@@ -241,22 +249,10 @@ def _boxes(
         if type(ann_id) is not int:
             f.fail(_name('annotations', i, a), 'id', f'expected an integer id, got {_type_name(ann_id)}')
         ids.append(ann_id)
+        name = _name('annotations', i, a)
         image_id = a.get('image_id', _MISSING)
-        if type(image_id) is not int or image_id not in sizes:
-            problem = (
-                f'expected an integer id, got {_type_name(image_id)}'
-                if type(image_id) is not int
-                else f'{image_id} is not an id in "images" (unknown image id)'
-            )
-            f.fail(_name('annotations', i, a), 'image_id', problem)
-        category_id = a.get('category_id', _MISSING)
-        if type(category_id) is not int or category_id not in cat_ids:
-            problem = (
-                f'expected an integer id, got {_type_name(category_id)}'
-                if type(category_id) is not int
-                else f'{category_id} is not an id in "categories" (unknown category id)'
-            )
-            f.fail(_name('annotations', i, a), 'category_id', problem)
+        f.known_id(name, 'image_id', image_id, sizes, 'images')
+        f.known_id(name, 'category_id', a.get('category_id', _MISSING), cat_ids, 'categories')
         bbox = a.get('bbox', _MISSING)
         if type(bbox) is not list or len(bbox) != 4:
             f.fail(
@@ -434,18 +430,12 @@ def _caption_records(
             f.fail(f'{list_key}[{i}]', None, f'expected an object, got {_type_name(record)}')
         name = _name(list_key, i, record, id_key)
         ref = record.get(ref_key, _MISSING)
-        if type(ref) is not ref_type:
-            kind = 'a string video id' if ref_type is str else 'an integer id'
-            f.fail(name, ref_key, f'expected {kind}, got {_type_name(ref)}')
-        if ref not in known:
-            what = (
-                'video_id in "videos" (unknown video id)'
-                if ref_type is str
-                else 'id in "images" (unknown image id)'
-            )
-            f.fail(
-                name, ref_key, f'{ref!r} is not a {what}' if ref_type is str else f'{ref} is not an {what}'
-            )
+        if ref_type is int:
+            f.known_id(name, ref_key, ref, known, 'images')
+        elif type(ref) is not str:
+            f.fail(name, ref_key, f'expected a string video id, got {_type_name(ref)}')
+        elif ref not in known:
+            f.fail(name, ref_key, f'{ref!r} is not a video_id in "videos" (unknown video id)')
         caption = record.get('caption', _MISSING)
         if type(caption) is not str or not caption or caption.isspace() or len(caption) > max_chars:
             f.text(name, 'caption', caption, max_chars)
