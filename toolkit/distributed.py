@@ -63,6 +63,7 @@ Limits of FSDP here:
 from __future__ import annotations
 
 import copy
+import os
 import types
 from collections.abc import Sequence
 from typing import Any
@@ -73,6 +74,7 @@ from mmengine.config import Config
 from torch import nn
 
 from toolkit.checkpoint import install_safe_loader
+from toolkit.skips import set_ledger
 
 __all__ = ['ToolkitFSDPStrategy', 'block_wrap_policy', 'build_flexible_runner']
 
@@ -229,9 +231,13 @@ def build_flexible_runner(cfg: Config) -> Any:
 
     install_safe_loader()
     hooks = list(cfg.get('custom_hooks', []) or [])
-    if not any(h.get('type') == 'SafeCheckpointHook' for h in hooks):
-        hooks.append(dict(type='SafeCheckpointHook'))
+    # As for the toolkit's Runner: weights-only checkpoints, NaN/inf guard, skipped-sample report. (Exact
+    # resume and recorded checkpoints are the Runner's; FlexibleRunner's saves go through the strategy.)
+    for name in ('SafeCheckpointHook', 'NonFiniteGuardHook', 'SkipLedgerHook'):
+        if not any(h.get('type') == name for h in hooks):
+            hooks.append(dict(type=name))
     cfg.custom_hooks = hooks
+    set_ledger(os.path.join(cfg.work_dir, 'skipped_samples.jsonl'))
     cfg.setdefault('default_scope', 'toolkit')
     cfg.setdefault('launcher', 'none')
     if cfg.launcher != 'none' and _cpu_only():
