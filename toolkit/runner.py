@@ -115,6 +115,14 @@ class ToolkitRunner(Runner):
         cfg['dataset'] = dict(type='SeededDataset', dataset=cfg['dataset'], sample_timeout=timeout)
         return cfg
 
+    def _setup(self) -> dict[str, int | None]:
+        """What a resumed run must share with the checkpoint's (saved in its meta, compared on resume)."""
+        return dict(
+            world_size=self.world_size,
+            train_batch_size=self._train_batch_size(),
+            train_dataset_size=self._train_dataset_size(),
+        )
+
     def _train_batch_size(self) -> int | None:
         loader = self.train_dataloader
         return loader.batch_size or getattr(loader.batch_sampler, 'batch_size', None)
@@ -142,12 +150,7 @@ class ToolkitRunner(Runner):
         backend_args: dict[str, Any] | None = None,
     ) -> None:
         """MMEngine's save, through a temporary file that is recorded (size, SHA-256) and renamed."""
-        meta = dict(meta or {})
-        meta.update(
-            world_size=self.world_size,
-            train_batch_size=self._train_batch_size(),
-            train_dataset_size=self._train_dataset_size(),
-        )
+        meta = dict(meta or {}, **self._setup())
         local = file_client_args is None and backend_args is None and '://' not in out_dir
         if not local:  # object stores have their own atomic puts
             super().save_checkpoint(
@@ -261,11 +264,7 @@ class ToolkitRunner(Runner):
         return checkpoint
 
     def _check_resumable(self, filename: str, meta: dict[str, Any]) -> None:
-        current = dict(
-            world_size=self.world_size,
-            train_batch_size=self._train_batch_size(),
-            train_dataset_size=self._train_dataset_size(),
-        )
+        current = self._setup()
         labels = dict(
             world_size='world size (processes)',
             train_batch_size='per-process batch size',
