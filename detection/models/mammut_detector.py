@@ -236,6 +236,13 @@ class MaMMUTDetector(TwoStageDetector):
             self.text_passes += 1
         return torch.stack([self._txt_cache[name].to(device) for name in names])
 
+    def clear_text_cache(self) -> int:
+        """Forget the cached name embeddings (a server seeing ever new names bounds its memory so); returns
+        how many there were."""
+        count = len(self._txt_cache)
+        self._txt_cache.clear()
+        return count
+
     def set_vocabulary(self, names: Sequence[str]) -> None:
         """Make ``names`` the classes of the RoI head (embeddings from the cache)."""
         self.roi_head.bbox_head.set_vocabulary(self.text_embeddings(names))

@@ -261,6 +261,11 @@ class MaMMUT(VLBaseModel):
         """Greedy open-ended answers to one question per image or clip."""
         return self._answer_from_tokens(self.visual_tokens(inputs), questions)
 
+    def generate_and_answer(self, inputs: Tensor, questions: list[str]) -> tuple[list[str], list[str]]:
+        """Captions of images or clips and greedy answers to one question each, from one encoder pass."""
+        img_tokens = self.visual_tokens(inputs)
+        return self._generate_from_tokens(img_tokens), self._answer_from_tokens(img_tokens, questions)
+
     def _qa_ids(
         self, questions: list[str], answers: list[str] | None, device: torch.device
     ) -> tuple[Tensor, Tensor]:

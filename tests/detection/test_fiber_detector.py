@@ -351,17 +351,9 @@ def test_training_prompts_of_the_shapes_config_name_base_categories_only(shapes_
 
 @pytest.mark.slow
 def test_train_two_iterations_and_test_the_shapes_config(
-    shapes_tiny: Path, tmp_path: Path, run_tool, det_data_options
+    shapes_tiny: Path, tmp_path: Path, fiber_shapes_run: Path, run_tool, det_data_options
 ) -> None:
-    work = tmp_path / 'work'
-    run_tool(
-        'tools/train.py',
-        CONFIG,
-        '--work-dir',
-        str(work),
-        '--cfg-options',
-        *det_data_options(shapes_tiny, 'train'),
-    )
+    work = fiber_shapes_run  # tools/train.py, 2 iterations (tests/conftest.py)
     checkpoint = safe_load(work / 'epoch_1.pth')
     assert checkpoint['meta']['iter'] == 2
     test_dir = tmp_path / 'test'

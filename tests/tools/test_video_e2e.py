@@ -37,16 +37,13 @@ def _data(root: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_video_train_resume_test_and_caption_eval(shapes_tiny: Path, tmp_path: Path) -> None:
-    work = tmp_path / 'work'
-    once = ['train_cfg.max_epochs=1', 'train_cfg.val_interval=10', *SMALL]
-    _run('tools/train.py', CONFIG, '--work-dir', str(work), '--cfg-options', *_data(shapes_tiny), *once)
+def test_video_train_resume_test_and_caption_eval(
+    shapes_tiny: Path, tmp_path: Path, video_shapes_run: Path
+) -> None:
+    work = video_shapes_run  # tools/train.py for one epoch, then --resume for a second (tests/conftest.py)
     first = safe_load(work / 'epoch_1.pth')
     # Shapes World tiny: 12 videos, 70 % (8) for training -> 2 iterations of 4 clips.
     assert first['meta']['iter'] == 2
-    twice = [o.replace('max_epochs=1', 'max_epochs=2') for o in once]
-    _run('tools/train.py', CONFIG, '--work-dir', str(work), '--resume', '--cfg-options', *_data(shapes_tiny),
-         *twice)  # fmt: skip
     second = safe_load(work / 'epoch_2.pth')
     assert second['meta']['iter'] == 4
     gate = second['state_dict']['video_tokenizer.pos_gate']

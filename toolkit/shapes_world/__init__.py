@@ -20,7 +20,13 @@ Importing this package has no side effects (nothing registered, nothing written)
 
 from toolkit.shapes_world.captions import ACTIONS, image_captions, video_captions, video_questions, vocabulary
 from toolkit.shapes_world.formats import lvis_frequency, ov_split
-from toolkit.shapes_world.generate import SIZES, VERSION, category_weights, generate_shapes_world
+from toolkit.shapes_world.generate import (
+    SIZES,
+    VERSION,
+    category_weights,
+    generate_shapes_world,
+    render_samples,
+)
 from toolkit.shapes_world.scene import (
     BACKGROUNDS,
     CATEGORIES,
@@ -51,6 +57,7 @@ __all__ = [
     'image_captions',
     'lvis_frequency',
     'ov_split',
+    'render_samples',
     'video_captions',
     'video_questions',
     'vocabulary',

@@ -48,7 +48,7 @@ from toolkit.shapes_world.scene import (
 )
 from toolkit.shapes_world.video import encode_mp4, render_video_frames, sample_video
 
-__all__ = ['SIZES', 'VERSION', 'category_weights', 'generate_shapes_world']
+__all__ = ['SIZES', 'VERSION', 'category_weights', 'generate_shapes_world', 'render_samples']
 
 VERSION = '1.3'  # 1.1: val/test follow the training category distribution; 1.2: 2,000 small videos;
 # 1.3: turns of 25-40 degrees (the sense visible between any two frames)
@@ -161,6 +161,8 @@ def _render_video(item: dict[str, Any]) -> dict[str, Any]:
     spec = sample_video(rng, size=item['size'], frames=item['frames'])
     vid_frames = render_video_frames(spec, size=item['size'], frames=item['frames'])
     encode_mp4(item['path'], vid_frames, fps=item['fps'])
+    if item.get('poster'):
+        Image.fromarray(vid_frames[0]).save(item['poster'])
     distractor = None if spec.distractor is None else (spec.distractor.colour, spec.distractor.shape)
     return {
         'action': spec.action,
@@ -404,3 +406,47 @@ def generate_shapes_world(
     }
     write_json(os.path.join(out_dir, '.complete'), {'seed': seed, 'size': size, 'version': VERSION})
     return summary
+
+
+def render_samples(
+    out_dir: str,
+    *,
+    seed: int = 0,
+    images: int = 6,
+    videos: int = 4,
+    image_size: int = 128,
+    video_frames: int = 16,
+    video_size: int = 64,
+    fps: int = 8,
+) -> dict[str, list[dict[str, Any]]]:
+    """A few Shapes World images and videos for demos, drawn as a data set's test split and its first videos
+    (the same seed gives the same files), without the annotation files.
+
+    Writes ``out_dir/image{i}.jpg`` and ``out_dir/video{i}.mp4`` (and ``video{i}.png``, its first frame);
+    returns ``{'images': [{'file', 'names', 'captions'}], 'videos': [{'file', 'poster', 'captions',
+    'questions'}]}`` with absolute paths, the category names in each image (sorted, once each) and the
+    questions of each video as ``(question, answer)`` pairs.
+    """
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    image_items = []
+    for index, groups in enumerate(_plan_split(seed, 'test', images) if images else []):
+        item = {'seed': seed, 'split': 'test', 'index': index, 'groups': groups, 'width': image_size,
+                'height': image_size, 'path': os.path.join(out_dir, f'image{index}.jpg')}  # fmt: skip
+        result = _render_image(item)
+        names = sorted({CATEGORIES[c][0] + ' ' + CATEGORIES[c][1] for c, _ in groups})
+        image_items.append({'file': item['path'], 'names': names, 'captions': result['captions']})
+    video_items = []
+    for index in range(videos):
+        path, poster = (os.path.join(out_dir, f'video{index}.{ext}') for ext in ('mp4', 'png'))
+        item = {'seed': seed, 'index': index, 'size': video_size, 'frames': video_frames, 'fps': fps}
+        result = _render_video({**item, 'path': path, 'poster': poster})
+        video_items.append(
+            {
+                'file': path,
+                'poster': poster,
+                'captions': result['captions'],
+                'questions': [(question, answer) for question, answer, _ in result['qa']],
+            }
+        )
+    return {'images': image_items, 'videos': video_items}

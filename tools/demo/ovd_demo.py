@@ -248,55 +248,69 @@ class OVDetector:
         self.model = model.to(torch.device(device)).eval()
         steps, self.loader_args = _inference_pipeline(cfg)
         self.pipeline = Compose([TRANSFORMS.build(step) for step in steps])
-        self.names = tuple(names)
-        self._check_names(config, checkpoint, test_cfg)  # bad names fail here, before any input is read
+        self.config, self.checkpoint, self.test_cfg = config, checkpoint, test_cfg
+        self.names: tuple[str, ...] = ()
+        self.set_names(names)  # bad names fail here, before any input is read
         self.score_thr = score_thr
         self.max_dets = max_dets
 
-    def _check_names(self, config: str, checkpoint: str, test_cfg: dict[str, Any]) -> None:
-        """FIBER: every prompt of ``chunked_size`` names fits the tokenizer. MaMMUT: every name embeds to a
-        finite vector (one text pass; the model caches the embeddings for the images)."""
+    def set_names(self, names: Sequence[str]) -> None:
+        """Make ``names`` the vocabulary, checked first (the previous one stays if they fail): FIBER, every
+        prompt of ``chunked_size`` names fits the tokenizer; MaMMUT, every name embeds to a finite vector (one
+        text pass for names not seen before; the model caches the embeddings)."""
+        names = tuple(names)
+        if not names:
+            raise DemoInputError('no category names given')
         if hasattr(self.model, 'encode_prompt'):
-            chunked = int(test_cfg.get('chunked_size', -1))
-            step = chunked if chunked > 0 else len(self.names)
-            for start in range(0, len(self.names), step):
+            chunked = int(self.test_cfg.get('chunked_size', -1))
+            step = chunked if chunked > 0 else len(names)
+            for start in range(0, len(names), step):
                 try:
-                    self.model.encode_prompt(self.names[start : start + step])
+                    self.model.encode_prompt(names[start : start + step])
                 except ValueError as err:
                     raise DemoInputError(f'--texts: {err}') from None
         elif hasattr(self.model, 'text_embeddings'):
             try:
-                finite = torch.isfinite(self.model.text_embeddings(self.names)).all(dim=1).tolist()
+                finite = torch.isfinite(self.model.text_embeddings(names)).all(dim=1).tolist()
             except (ValueError, RuntimeError, TypeError) as err:  # tokenizer or text decoder errors
                 raise DemoInputError(
-                    f'--texts: the text decoder of {config} cannot embed {list(self.names)} '
+                    f'--texts: the text decoder of {self.config} cannot embed {list(names)} '
                     f'({type(err).__name__}: {err})'
                 ) from None
-            if bad := [name for name, ok in zip(self.names, finite, strict=True) if not ok]:
+            if bad := [name for name, ok in zip(names, finite, strict=True) if not ok]:
                 raise DemoInputError(
-                    f'--texts: names {bad} embed to non-finite vectors with checkpoint {checkpoint} '
+                    f'--texts: names {bad} embed to non-finite vectors with checkpoint {self.checkpoint} '
                     '(NaN or inf in its text decoder weights?)'
                 )
         else:
             raise DemoInputError(
-                f'config {config} builds a {type(self.model).__name__}: the demo needs an open-vocabulary '
-                'detector with encode_prompt (FIBER) or text_embeddings (MaMMUT)'
+                f'config {self.config} builds a {type(self.model).__name__}: the demo needs an '
+                'open-vocabulary detector with encode_prompt (FIBER) or text_embeddings (MaMMUT)'
             )
+        self.names = names
 
     def read_image(self, path: str) -> np.ndarray:
         """Decode ``path`` as the config's loader would (BGR uint8); a clear error if it cannot."""
         try:
             with open(path, 'rb') as f:
                 content = f.read()
+        except OSError as err:
+            raise DemoInputError(f'image {path} cannot be read ({type(err).__name__}: {err})') from None
+        return self.decode_image(content, path)
+
+    def decode_image(self, content: bytes, name: str) -> np.ndarray:
+        """Decode the bytes of an image file as the config's loader would (BGR uint8); ``name`` (its path
+        or upload name) goes into the error."""
+        try:
             image = mmcv.imfrombytes(
                 content,
                 flag=self.loader_args.get('color_type', 'color'),
                 backend=self.loader_args.get('imdecode_backend', 'cv2'),
             )
         except Exception as err:  # cv2.error, PIL.UnidentifiedImageError, OSError
-            raise DemoInputError(f'image {path} cannot be read ({type(err).__name__}: {err})') from None
+            raise DemoInputError(f'image {name} cannot be read ({type(err).__name__}: {err})') from None
         if image is None or image.size == 0:
-            raise DemoInputError(f'image {path} cannot be decoded (corrupt or not an image)')
+            raise DemoInputError(f'image {name} cannot be decoded (corrupt or not an image)')
         return image
 
     @torch.inference_mode()
@@ -341,9 +355,13 @@ class Drawer:
     """Boxes, names and scores on an RGB image with mmdet's ``DetLocalVisualizer``."""
 
     def __init__(self, names: Sequence[str]) -> None:
+        self.visualizer = DetLocalVisualizer(name='ovd_demo', alpha=0.9)
+        self.set_names(names)
+
+    def set_names(self, names: Sequence[str]) -> None:
+        """The names (and so the colours) of the labels drawn from now on."""
         self.names = list(names)
         self.index = {name: i for i, name in enumerate(self.names)}
-        self.visualizer = DetLocalVisualizer(name='ovd_demo', alpha=0.9)
         self.visualizer.dataset_meta = dict(classes=tuple(self.names), palette=_palette(len(self.names)))
 
     def __call__(self, image_rgb: np.ndarray, detections: Sequence[dict[str, Any]]) -> np.ndarray:

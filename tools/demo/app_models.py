@@ -1,0 +1,286 @@
+"""The models behind ``tools/demo/app.py``, each loaded once: an open-vocabulary detector (FIBER or MaMMUT,
+through :class:`ovd_demo.OVDetector`) and a MaMMUT video model that captions a clip and answers a question
+about it. Inputs are the bytes or files of uploads and bundled samples; every problem a person can cause
+raises :class:`InputError` with a message for the page and an HTTP status. :class:`ModelGate` lets one model
+call run at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import cv2
+import mmcv
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmengine.dataset import Compose, pseudo_collate
+from mmengine.registry import init_default_scope
+from ovd_demo import DemoInputError, Drawer, OVDetector, parse_texts
+
+from toolkit.checkpoint import load_state_dict_file
+from toolkit.registry import MODELS, TRANSFORMS
+from toolkit.transforms import image_header
+
+__all__ = [
+    'DetectionResult',
+    'DetectionService',
+    'InputError',
+    'ModelGate',
+    'ServerBusy',
+    'VideoResult',
+    'VideoService',
+]
+
+T = TypeVar('T')
+
+
+class InputError(ValueError):
+    """A problem with what a person sent: the message is shown on the page, with HTTP ``status``."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServerBusy(RuntimeError):
+    """The model is taken by other requests for longer than a request may wait (HTTP 503)."""
+
+
+class ModelGate:
+    """One model call at a time per process: callers queue on a lock; at most ``max_waiting`` wait, each at
+    most ``timeout`` seconds, after which :class:`ServerBusy` is raised (memory and threads stay bounded
+    whatever the number of requests)."""
+
+    def __init__(self, *, max_waiting: int = 4, timeout: float = 120.0) -> None:
+        if max_waiting < 0 or timeout <= 0:
+            raise ValueError(f'need max_waiting >= 0 and timeout > 0, got {max_waiting}, {timeout}')
+        self.max_waiting, self.timeout = max_waiting, timeout
+        self._model = threading.Lock()
+        self._count = threading.Lock()
+        self.waiting = 0
+        self.calls = 0
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._count:
+            if self.waiting >= self.max_waiting and self._model.locked():
+                raise ServerBusy(f'the model is busy and {self.waiting} requests are waiting; try again soon')
+            self.waiting += 1
+        try:
+            acquired = self._model.acquire(timeout=self.timeout)
+        finally:
+            with self._count:
+                self.waiting -= 1
+        if not acquired:
+            raise ServerBusy(f'the model stayed busy for {self.timeout:g} s; try again soon')
+        try:
+            self.calls += 1
+            return fn(*args)
+        finally:
+            self._model.release()
+
+
+def _upscaled(image_rgb: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    """The image resized so that its longer side is at least ``side`` (small images drawn legibly), and the
+    factor."""
+    height, width = image_rgb.shape[:2]
+    scale = side / max(height, width)
+    if scale <= 1.0:
+        return image_rgb, 1.0
+    size = (round(width * scale), round(height * scale))
+    return cv2.resize(image_rgb, size, interpolation=cv2.INTER_CUBIC), scale
+
+
+def encode_image(image_rgb: np.ndarray, ext: str = '.png') -> bytes:
+    """PNG (or JPEG) bytes of an RGB image."""
+    ok, buffer = cv2.imencode(ext, np.ascontiguousarray(image_rgb[..., ::-1]))
+    if not ok:
+        raise RuntimeError(f'OpenCV could not encode a {image_rgb.shape} image as {ext}')
+    return buffer.tobytes()
+
+
+@dataclasses.dataclass
+class DetectionResult:
+    name: str  # the upload's file name or the sample's
+    width: int
+    height: int
+    names: tuple[str, ...]
+    threshold: float
+    detections: list[dict[str, Any]]  # {'bbox': [x1, y1, x2, y2] in the image's pixels, 'score', 'label'}
+    drawn_png: bytes  # the boxes drawn on the image (upscaled when small)
+    seconds: float
+
+
+class DetectionService:
+    """An open-vocabulary detector loaded once; names and threshold come with each request.
+
+    Args:
+        config, checkpoint: the detector (FIBER or MaMMUT) and its weights (``weights_only`` loading).
+        names: the vocabulary checked at start-up (bad names or a bad model fail before serving).
+        device: torch device.
+        max_image_side: images with a longer side are refused (read from the header, before decoding).
+        max_names: names per request.
+        display_side: small images are drawn upscaled to this longer side.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: str,
+        checkpoint: str,
+        names: Sequence[str],
+        device: str = 'cpu',
+        max_image_side: int = 4096,
+        max_names: int = 64,
+        display_side: int = 640,
+    ) -> None:
+        # Threshold 0 in the model (up to its max_per_img boxes); each request filters by its own.
+        self.detector = OVDetector(
+            config=config, checkpoint=checkpoint, names=names, device=device, score_thr=0.0
+        )
+        self.drawer = Drawer(names)
+        self.max_image_side, self.max_names, self.display_side = max_image_side, max_names, display_side
+        self.names_seen: set[str] = set(names)
+
+    def parse_names(self, text: str) -> tuple[str, ...]:
+        try:
+            names = parse_texts(text)
+        except DemoInputError:
+            raise InputError(
+                'Type at least one category name; separate names with " . " '
+                '(e.g. "red circle . blue square").'
+            ) from None
+        if len(names) > self.max_names:
+            raise InputError(f'{len(names)} names given; at most {self.max_names} are allowed per request.')
+        if too_long := [name for name in names if len(name) > 100]:
+            raise InputError(f'names are at most 100 characters long: {too_long[0][:40]!r}... is longer.')
+        return names
+
+    def check_image(self, data: bytes, name: str) -> tuple[int, int]:
+        """(width, height) from the header; :class:`InputError` for files that are not images or too big."""
+        try:
+            _, width, height = image_header(data)
+        except ValueError as err:
+            raise InputError(f'{name} is not a readable image: {err}.') from None
+        if max(width, height) > self.max_image_side:
+            raise InputError(
+                f'{name} is {width} x {height} pixels; the longest side allowed is {self.max_image_side} '
+                'pixels (--max-image-side).',
+                status=413,
+            )
+        if min(width, height) < 1:
+            raise InputError(f'{name} has no pixels ({width} x {height}).')
+        return width, height
+
+    def __call__(self, data: bytes, name: str, names_text: str, threshold: float) -> DetectionResult:
+        start = time.perf_counter()
+        names = self.parse_names(names_text)
+        self.check_image(data, name)
+        try:
+            image_bgr = self.detector.decode_image(data, name)
+        except DemoInputError as err:
+            raise InputError(f'{err}.') from None
+        self.names_seen.update(names)
+        if len(self.names_seen) > 4096 and hasattr(self.detector.model, 'clear_text_cache'):
+            self.detector.model.clear_text_cache()  # MaMMUT caches one embedding per name ever seen
+            self.names_seen = set(names)
+        try:
+            self.detector.set_names(names)
+        except DemoInputError as err:
+            raise InputError(str(err).replace('--texts: ', 'names: ')) from None
+        self.detector.score_thr = threshold
+        detections = self.detector([image_bgr])[0]
+        self.drawer.set_names(names)
+        image_rgb, scale = _upscaled(mmcv.bgr2rgb(image_bgr), self.display_side)
+        scaled = [dict(d, bbox=[v * scale for v in d['bbox']]) for d in detections]
+        drawn = self.drawer(image_rgb, scaled)
+        return DetectionResult(
+            name=name,
+            width=int(image_bgr.shape[1]),
+            height=int(image_bgr.shape[0]),
+            names=names,
+            threshold=threshold,
+            detections=detections,
+            drawn_png=encode_image(drawn),
+            seconds=time.perf_counter() - start,
+        )
+
+
+@dataclasses.dataclass
+class VideoResult:
+    name: str
+    caption: str
+    question: str
+    answer: str | None  # None when no question was asked
+    frames_png: list[bytes]  # the sampled frames the model saw, after resizing
+    frame_inds: list[int]
+    total_frames: int
+    seconds: float
+
+
+class VideoService:
+    """A MaMMUT video model (tube tokenizer, generative decoder) loaded once: a clip in, a caption (the
+    config's ``generation``) and a greedy answer to a question out, from one encoder pass.
+
+    The clip goes through the config's test pipeline (frame sampling, decoding in the decoder sandbox with
+    its timeout, resizing); a file that is not a video fails there with a message naming it.
+    """
+
+    def __init__(self, *, config: str, checkpoint: str, device: str = 'cpu', max_question_chars: int = 200):
+        cfg = Config.fromfile(config)
+        init_default_scope(cfg.get('default_scope', 'toolkit'))
+        state_dict = load_state_dict_file(checkpoint)
+        model = MODELS.build(cfg.model)
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f'checkpoint {checkpoint} does not fit the model of {config}: {len(missing)} missing keys '
+                f'{missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}'
+            )
+        if getattr(model, 'video_tokenizer', None) is None or not hasattr(model, 'generate_and_answer'):
+            raise ValueError(
+                f'config {config} builds a {type(model).__name__} without a video tokenizer: the app needs a '
+                'MaMMUT video model (e.g. configs/mammut/mammut_tubevit-tiny-dec4_1xb32-40e_shapes-vid.py)'
+            )
+        self.model = model.to(torch.device(device)).eval()
+        pipeline = cfg.get('test_pipeline') or cfg.test_dataloader.dataset.pipeline
+        steps = [TRANSFORMS.build(dict(step)) for step in pipeline]
+        if type(steps[-1]).__name__ != 'PackVideoTextInputs':
+            raise ValueError(f'config {config}: the test pipeline must end with PackVideoTextInputs')
+        self.prepare, self.pack = Compose(steps[:-1]), steps[-1]
+        self.max_question_chars = max_question_chars
+
+    @torch.inference_mode()
+    def __call__(self, path: str, name: str, question: str) -> VideoResult:
+        start = time.perf_counter()
+        question = ' '.join(question.split())
+        if len(question) > self.max_question_chars:
+            raise InputError(
+                f'the question has {len(question)} characters; at most {self.max_question_chars}.'
+            )
+        try:
+            results = self.prepare({'video_path': path})
+        except (OSError, ValueError) as err:  # VideoDecodeError is an OSError
+            reason = str(err).replace(f'{path}: ', '').replace(path, name)
+            raise InputError(f'{name} is not a readable video: {reason}.') from None
+        frames = np.asarray(results['imgs'])
+        data = self.model.data_preprocessor(pseudo_collate([self.pack(results)]), False)
+        if question:
+            captions, answers = self.model.generate_and_answer(data['inputs'], [question])
+            answer: str | None = answers[0]
+        else:
+            captions, answer = self.model.generate(data['inputs']), None
+        return VideoResult(
+            name=name,
+            caption=captions[0],
+            question=question,
+            answer=answer,
+            frames_png=[encode_image(frame) for frame in frames],
+            frame_inds=[int(i) for i in results['frame_inds']],
+            total_frames=int(results['total_frames']),
+            seconds=time.perf_counter() - start,
+        )
