@@ -18,6 +18,7 @@ PACKAGES = [
     'torch', 'torchvision', 'mmengine', 'mmcv', 'mmdet', 'numpy', 'einops', 'decord', 'av', 'pycocotools',
     'lvis', 'pycocoevalcap', 'tokenizers', 'transformers', 'matplotlib',
     'torchscale.model.BEiT3',  # test extra: fairscale + timm pins overridden (requirements/overrides.txt)
+    'starlette', 'uvicorn', 'multipart', 'jinja2', 'selenium',  # app extra (tools/demo/app.py), its test
     'toolkit', 'pretrain', 'detection', 'video',
 ]  # fmt: skip
 
