@@ -24,7 +24,7 @@ demo: $(STAMP)
 APP_DIR ?= work_dirs/app
 APP_DET_CONFIG := configs/fiber/fiber_swin-tiny-roberta-tiny_fpn-dyhead_1xb16-24e_shapes-ov.py
 APP_VIDEO_CONFIG := configs/mammut/mammut_tubevit-tiny-dec4_1xb32-40e_shapes-vid.py
-APP_DET_EPOCHS ?= 8
+APP_DET_EPOCHS ?= 24
 APP_VIDEO_EPOCHS ?= 12
 APP_DET_CKPT := $(APP_DIR)/det/epoch_$(APP_DET_EPOCHS).pth
 APP_VIDEO_CKPT := $(APP_DIR)/video/epoch_$(APP_VIDEO_EPOCHS).pth

@@ -19,6 +19,7 @@ from toolkit.shapes_world import (
     SHAPES,
     generate_shapes_world,
     lvis_frequency,
+    render_samples,
 )
 
 ANN_FILES = (
@@ -339,3 +340,27 @@ def test_turns_show_their_sense_between_any_two_frames() -> None:
         assert 25 <= abs(spec.end.angle - spec.start.angle) <= 40
         seen[spec.shape, spec.detail] += 1
     assert {d for _, d in seen} == {'clockwise', 'counterclockwise'}
+
+
+def test_render_samples_match_the_data_set_of_the_same_seed(world: tuple[str, dict], tmp_path) -> None:
+    """The demo samples are the test split and the first videos of a data set of the same seed and image count,
+    files and all."""
+    root, _ = world
+    samples = render_samples(str(tmp_path), seed=0, images=16, videos=2)  # tiny: 16 test images
+    instances = _load(root, 'annotations/instances_test.json')
+    names = {c['id']: c['name'] for c in instances['categories']}
+    for index, sample in enumerate(samples['images']):
+        image = instances['images'][index]
+        expected = np.asarray(Image.open(os.path.join(root, 'images/test', image['file_name'])))
+        np.testing.assert_array_equal(np.asarray(Image.open(sample['file'])), expected)
+        present = {names[a['category_id']] for a in instances['annotations'] if a['image_id'] == image['id']}
+        assert sample['names'] == sorted(present)
+    qa = [q for q in _load(root, 'msrvtt/train_qa.json') if q['video_id'] < 2]
+    for index, sample in enumerate(samples['videos']):
+        with (
+            open(sample['file'], 'rb') as ours,
+            open(os.path.join(root, f'videos/video{index}.mp4'), 'rb') as ref,
+        ):
+            assert ours.read() == ref.read()
+        assert Image.open(sample['poster']).size == (64, 64)
+        assert sample['questions'] == [(q['question'], q['answer']) for q in qa if q['video_id'] == index]

@@ -419,8 +419,8 @@ def render_samples(
     video_size: int = 64,
     fps: int = 8,
 ) -> dict[str, list[dict[str, Any]]]:
-    """A few Shapes World images and videos for demos, drawn as a data set's test split and its first videos
-    (the same seed gives the same files), without the annotation files.
+    """A few Shapes World images and videos for demos: a test split of ``images`` images and the first
+    ``videos`` videos of a data set of this seed (the same files as the data set's when the counts agree).
 
     Writes ``out_dir/image{i}.jpg`` and ``out_dir/video{i}.mp4`` (and ``video{i}.png``, its first frame);
     returns ``{'images': [{'file', 'names', 'captions'}], 'videos': [{'file', 'poster', 'captions',
