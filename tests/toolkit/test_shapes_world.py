@@ -343,8 +343,8 @@ def test_turns_show_their_sense_between_any_two_frames() -> None:
 
 
 def test_render_samples_match_the_data_set_of_the_same_seed(world: tuple[str, dict], tmp_path) -> None:
-    """The demo samples are the test split and the first videos of a data set of the same seed and image count,
-    files and all."""
+    """The demo samples are the test split and the first videos of a data set of the same seed and image
+    count, files and all."""
     root, _ = world
     samples = render_samples(str(tmp_path), seed=0, images=16, videos=2)  # tiny: 16 test images
     instances = _load(root, 'annotations/instances_test.json')
