@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from toolkit.testing.browser import browser_missing, headless_chromium
+from toolkit.testing.browser import browser_missing, full_page_screenshot, headless_chromium
 
 REPO = Path(__file__).resolve().parents[2]
 DET_CONFIG = 'configs/fiber/fiber_swin-tiny-roberta-tiny_fpn-dyhead_1xb16-24e_shapes-ov.py'
@@ -118,15 +118,11 @@ def _submit(driver: Any, button: str) -> None:
 
 
 def _screenshot(driver: Any, name: str) -> Path:
-    """The whole page, not just the window, as ``ARTIFACTS/name.png``."""
-    driver.set_window_size(1360, 900)  # the page's own height, measured in a short window
-    height = driver.execute_script('return document.documentElement.scrollHeight')
-    driver.set_window_size(1360, int(height) + 20)
-    driver.execute_script('window.scrollTo(0, 0)')
+    """The whole page as ``ARTIFACTS/name.png``."""
     path = ARTIFACTS / f'{name}.png'
-    assert driver.save_screenshot(str(path)), path
+    width, height = full_page_screenshot(driver, str(path))
     with Image.open(path) as image:
-        assert image.width >= 1000 and image.height >= 500
+        assert image.size == (width, height) and height >= 500
     return path
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ['CHROMEDRIVER', 'CHROMIUM', 'browser_missing', 'headless_chromium']
+__all__ = ['CHROMEDRIVER', 'CHROMIUM', 'browser_missing', 'full_page_screenshot', 'headless_chromium']
 
 CHROMIUM = os.environ.get('VLT_CHROMIUM', '/usr/bin/chromium')
 CHROMEDRIVER = os.environ.get('VLT_CHROMEDRIVER', '/usr/bin/chromedriver')
@@ -67,3 +67,17 @@ def headless_chromium(width: int = 1360, height: int = 1000) -> Iterator[Any]:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def full_page_screenshot(driver: Any, path: str, width: int = 1360) -> tuple[int, int]:
+    """Save the whole page, ``width`` CSS pixels wide and as tall as its content, as a PNG at ``path``; returns
+    its size. The viewport is set exactly through the DevTools protocol (a window size would include the
+    browser's frame and cut the bottom off)."""
+    metrics = {'width': width, 'height': 800, 'deviceScaleFactor': 1, 'mobile': False}
+    driver.execute_cdp_cmd('Emulation.setDeviceMetricsOverride', metrics)
+    height = int(driver.execute_script('return document.documentElement.scrollHeight'))
+    driver.execute_cdp_cmd('Emulation.setDeviceMetricsOverride', dict(metrics, height=height))
+    driver.execute_script('window.scrollTo(0, 0)')
+    if not driver.save_screenshot(path):
+        raise RuntimeError(f'Chromium could not save a screenshot to {path}')
+    return width, height

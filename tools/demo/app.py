@@ -196,9 +196,10 @@ class DemoApp:
         samples: dict[str, list[dict[str, Any]]],
         info: dict[str, str],
         default_names: str,
+        max_upload_mb: float,
     ) -> None:
         self.detector, self.video, self.gate, self.info = detector, video, gate, info
-        self.default_names = default_names
+        self.default_names, self.max_upload_mb = default_names, max_upload_mb
         self.image_samples = {f'image{i}': s for i, s in enumerate(samples['images'])}
         self.video_samples = {f'video{i}': s for i, s in enumerate(samples['videos'])}
         self.files = {osp.basename(s['file']): s['file'] for s in samples['images']}
@@ -223,8 +224,6 @@ class DemoApp:
             limits=dict(upload_mb=f'{self.max_upload_mb:g}', image_side=self.detector.max_image_side),
             **context,
         ).encode('utf-8')
-
-    max_upload_mb = 20.0  # set by build_app
 
     def error_page(self, message: str) -> bytes:
         """A page for errors met before a form is known (the upload limit)."""
@@ -324,9 +323,8 @@ class DemoApp:
         return HTMLResponse(self.error_page(message), status_code=500)
 
 
-def build_app(demo: DemoApp, *, max_upload_mb: float) -> ASGIApp:
+def build_app(demo: DemoApp) -> ASGIApp:
     """The Starlette app with its routes, wrapped in the upload limit and the security headers."""
-    demo.max_upload_mb = max_upload_mb
     app = Starlette(
         routes=[
             Route('/', demo.index),
@@ -337,7 +335,7 @@ def build_app(demo: DemoApp, *, max_upload_mb: float) -> ASGIApp:
         ],
         exception_handlers={UploadTooLarge: demo.too_large, Exception: demo.server_error},
     )
-    limited = BodyLimit(app, max_bytes=int(max_upload_mb * 2**20), render=demo.error_page)
+    limited = BodyLimit(app, max_bytes=int(demo.max_upload_mb * 2**20), render=demo.error_page)
     return SecurityHeaders(limited)
 
 
@@ -371,8 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             samples=samples,
             info=info,
             default_names=args.names,
+            max_upload_mb=args.max_upload_mb,
         )
-        app = build_app(demo, max_upload_mb=args.max_upload_mb)
+        app = build_app(demo)
         family = socket.AF_INET6 if ':' in args.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
