@@ -70,9 +70,9 @@ def headless_chromium(width: int = 1360, height: int = 1000) -> Iterator[Any]:
 
 
 def full_page_screenshot(driver: Any, path: str, width: int = 1360) -> tuple[int, int]:
-    """Save the whole page, ``width`` CSS pixels wide and as tall as its content, as a PNG at ``path``; returns
-    its size. The viewport is set exactly through the DevTools protocol (a window size would include the
-    browser's frame and cut the bottom off)."""
+    """Save the whole page, ``width`` CSS pixels wide and as tall as its content, as a PNG at ``path``;
+    returns its size. The viewport is set exactly through the DevTools protocol (a window size would include
+    the browser's frame and cut the bottom off)."""
     metrics = {'width': width, 'height': 800, 'deviceScaleFactor': 1, 'mobile': False}
     driver.execute_cdp_cmd('Emulation.setDeviceMetricsOverride', metrics)
     height = int(driver.execute_script('return document.documentElement.scrollHeight'))
