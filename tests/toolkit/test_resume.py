@@ -343,7 +343,9 @@ def test_hung_sample_is_named(tmp_path: Path, workers: int) -> None:
     start = time.monotonic()
     with pytest.raises(SampleTimeoutError, match=r'_HangsAt\[13\] \(points/0013.png\)'):
         build_runner(cfg).train()
-    assert time.monotonic() - start < 30
+    # The 1 s timeout, not the default 300 s, ended it (the bound leaves room for a loaded machine: 8 s idle,
+    # 33 s once beside a training).
+    assert time.monotonic() - start < 120
 
 
 METHOD_CONFIGS = {
