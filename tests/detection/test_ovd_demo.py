@@ -9,7 +9,6 @@ naming the file, and pickled objects in a checkpoint refused. MaMMUT: the names 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -24,6 +23,7 @@ from PIL import Image, ImageDraw
 
 from toolkit.checkpoint import UnsafeCheckpointError
 from toolkit.registry import MODELS, TRANSFORMS
+from toolkit.testing.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / 'configs/fiber/fiber_swin-tiny-roberta-tiny_fpn-dyhead_1xb16-24e_shapes-ov.py')
@@ -33,10 +33,7 @@ NOVEL = ('red triangle', 'purple circle')  # never in a training prompt (the ov 
 
 
 def _load_demo() -> ModuleType:
-    spec = importlib.util.spec_from_file_location('ovd_demo', REPO / 'tools/demo/ovd_demo.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / 'tools/demo/ovd_demo.py')
 
 
 demo = _load_demo()

@@ -3,7 +3,6 @@ samples (skipped and counted, or a typed error), MMEngine's dataloader builder a
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import shutil
@@ -21,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from pretrain.datasets.webdataset import WebDataset, WebDatasetError, braceexpand, reader_shares, write_shard
 from toolkit.skips import read_ledger, set_ledger
+from toolkit.testing.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / 'configs/mammut/mammut_vit-tiny-dec4_1xb32-30e_shapes-cap_wds.py'
@@ -28,11 +28,7 @@ PATTERN = 'shapes-train-{000000..000003}.tar'  # 48 tiny training images in 4 sh
 
 
 def _load_writer() -> ModuleType:
-    spec = importlib.util.spec_from_file_location('make_webdataset', REPO / 'tools/data/make_webdataset.py')
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / 'tools/data/make_webdataset.py')
 
 
 @pytest.fixture(scope='module')

@@ -470,14 +470,9 @@ def test_nonfinite_loss_on_one_process_skips_the_step_on_all(tmp_path: Path) -> 
 
 
 def test_exported_safetensors_weights_load_as_load_from(tmp_path: Path) -> None:
-    import importlib.util
+    from toolkit.testing.scripts import load_script
 
-    spec = importlib.util.spec_from_file_location(
-        'export_weights', Path(__file__).parents[2] / 'tools/export_weights.py'
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(Path(__file__).parents[2] / 'tools/export_weights.py')
     record = tmp_path / 'rec.jsonl'
     trained = build_runner(_cfg(tmp_path / 'w', record=record))
     trained.train()

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from toolkit.testing.scripts import load_script
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location('mammut_shapes', REPO / 'tools/demo/mammut_shapes.py')
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
@@ -41,7 +33,7 @@ def test_demo_runs_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert (work / 'loss_curve.png').stat().st_size > 0 and (work / 'epoch_1.pth').is_file()
     # Run again, it finds the data and does not regenerate it (the data step of the script, in this process).
     marker = (data / '.complete').stat().st_mtime_ns
-    demo = _load_script()
+    demo = load_script(REPO / 'tools/demo/mammut_shapes.py')
     demo.ensure_data(str(data), 'tiny', 0)
     assert 'Shapes World tiny found' in capsys.readouterr().out
     assert (data / '.complete').stat().st_mtime_ns == marker

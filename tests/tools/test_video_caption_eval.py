@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -15,6 +14,7 @@ import torch
 
 from toolkit.engine import load_config
 from toolkit.registry import MODELS
+from toolkit.testing.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_CONFIG = 'configs/mammut/mammut_vit-tiny-dec4_1xb32-30e_shapes-cap.py'
@@ -23,13 +23,7 @@ needs_java = pytest.mark.skipif(shutil.which('java') is None, reason='pycocoeval
 
 
 def _load_tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        'video_caption_eval', REPO / 'tools' / 'video_caption_eval.py'
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / 'tools' / 'video_caption_eval.py')
 
 
 def _test_options(root: Path) -> list[str]:

@@ -1,0 +1,20 @@
+"""Import a script of ``tools/`` by its path, for tests of its functions (scripts are not packages)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from types import ModuleType
+
+__all__ = ['load_script']
+
+
+def load_script(path: str | os.PathLike[str], name: str | None = None) -> ModuleType:
+    """The module of the Python file ``path``, executed once per call, named ``name`` (default: its stem)."""
+    name = name or os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f'{path} cannot be loaded as a Python module')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
