@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(PY) tools/demo/mammut_shapes.py --data-root $(DATA) --work-dir $(WORK_DIR)
 
 # The web demo (tools/demo/app.py) on Shapes World models: the FIBER detector and the MaMMUT video model are
-# trained on short schedules the first time (about 40 min on 2 cores), then the page is served at
+# trained the first time (detector: its 24 epochs; video: 12 of 40; up to 2 hours on 2 cores), then served at
 # http://127.0.0.1:7860/ (APP_ARGS for more flags, e.g. APP_ARGS='--port 8000').
 APP_DIR ?= work_dirs/app
 APP_DET_CONFIG := configs/fiber/fiber_swin-tiny-roberta-tiny_fpn-dyhead_1xb16-24e_shapes-ov.py
