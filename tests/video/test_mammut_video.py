@@ -111,6 +111,21 @@ def test_predict_answers_and_captions(model) -> None:
     assert isinstance(single[0].pred_answer, str) and not hasattr(single[0], 'img_emb')
 
 
+def test_generate_and_answer_equals_the_two_calls_from_one_encoder_pass(model) -> None:
+    """What the web demo calls: captions and answers as generate() and answer() give them, one encoder pass."""
+    model.eval()
+    clips, questions = _clips(2), ['what does the circle do?', 'how many shapes are there?']
+    with torch.no_grad():
+        expected = model.generate(clips), model.answer(clips, questions)
+        passes = []
+        handle = model.video_tokenizer.register_forward_hook(lambda *args: passes.append(1))
+        try:
+            got = model.generate_and_answer(clips, questions)
+        finally:
+            handle.remove()
+    assert got == expected and len(passes) == 1
+
+
 def test_forced_prefix_generation_keeps_each_prompt_and_matches_uncached(model) -> None:
     model.eval()
     img_ctx = model.image_context(model.visual_tokens(_clips(3)))
