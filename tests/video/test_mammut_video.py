@@ -112,7 +112,7 @@ def test_predict_answers_and_captions(model) -> None:
 
 
 def test_generate_and_answer_equals_the_two_calls_from_one_encoder_pass(model) -> None:
-    """What the web demo calls: captions and answers as generate() and answer() give them, one encoder pass."""
+    """What the web demo calls: the captions and answers of generate() and answer(), one encoder pass."""
     model.eval()
     clips, questions = _clips(2), ['what does the circle do?', 'how many shapes are there?']
     with torch.no_grad():
