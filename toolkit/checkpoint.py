@@ -46,6 +46,7 @@ __all__ = [
     'install_safe_loader',
     'load_state_dict_file',
     'safe_load',
+    'strip_prefix',
     'to_plain',
     'verify_checkpoint',
     'write_checkpoint_record',
@@ -112,6 +113,14 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UnsafeCheckpointError(f'{path} does not hold a state dict of tensors')
     return obj
+
+
+def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str = 'module.') -> dict[str, torch.Tensor]:
+    """``state_dict`` without ``prefix`` on its keys when every key has it (DDP, EMA and nested wrappers: the
+    prefix is removed as often as it repeats); otherwise unchanged."""
+    while state_dict and all(key.startswith(prefix) for key in state_dict):
+        state_dict = {key[len(prefix) :]: value for key, value in state_dict.items()}
+    return state_dict
 
 
 def to_plain(obj: Any) -> Any:
