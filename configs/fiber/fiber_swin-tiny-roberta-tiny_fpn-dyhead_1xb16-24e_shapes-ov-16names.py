@@ -1,6 +1,6 @@
 # Ablation of the training prompt: 16 names a prompt (the image's own, then random negatives, shuffled), as
 # GLIP samples negative categories, in place of all 40 base names. It fits the base categories less well and
-# generalises less to the novel ones (README, FIBER section).
+# generalises less to the novel ones (docs/fiber.md).
 _base_ = './fiber_swin-tiny-roberta-tiny_fpn-dyhead_1xb16-24e_shapes-ov.py'
 train_dataloader = dict(
     dataset=dict(

@@ -23,8 +23,8 @@ model = dict(
         attention='shared',  # Sec. 2.1; 'multiway' is the layout of the released (torchscale) checkpoints
         drop_path_rate=0.1,  # stochastic depth 0.1 (Sec. 2.4)
     ),
-    # BEiT-3's SentencePiece model (beit3.spm from unilm/beit3) saved as a HuggingFace tokenizer.json, see the
-    # README (BEiT-3 section); BOS <s>, EOS </s>, padding <pad> as XLM-R.
+    # BEiT-3's SentencePiece model (beit3.spm from unilm/beit3) saved as a HuggingFace tokenizer.json, see
+    # docs/beit3.md; BOS <s>, EOS </s>, padding <pad> as XLM-R.
     tokenizer=dict(
         type='HFTokenizer',
         path='data/pretrained/beit3/tokenizer.json',
