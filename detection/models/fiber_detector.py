@@ -24,6 +24,7 @@ after; no ``+1`` box offset.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from mmdet.models.detectors import SingleStageDetector
@@ -31,6 +32,7 @@ from mmdet.models.detectors.base import BaseDetector
 from mmdet.structures import SampleList
 from torch import Tensor
 
+from detection.models.open_vocabulary import OpenVocabularyDetector, Vocabulary, check_names
 from detection.models.prompts import (
     SEPARATOR,
     GroundingPrompt,
@@ -45,7 +47,7 @@ __all__ = ['FIBERDetector']
 
 
 @MODELS.register_module()
-class FIBERDetector(SingleStageDetector):
+class FIBERDetector(SingleStageDetector, OpenVocabularyDetector):
     """Open-vocabulary detector with fusion in the backbone (FIBER, fine-grained).
 
     Args:
@@ -158,35 +160,82 @@ class FIBERDetector(SingleStageDetector):
         img_feats, txt_tokens, txt_mask = self.extract_feat(batch_inputs, input_ids, attention_mask)
         return self.bbox_head.loss(img_feats, txt_tokens, txt_mask, batch_data_samples)
 
+    def encode_vocabulary(self, names: Sequence[str]) -> Vocabulary:
+        """The prompts of ``names``' chunks (``test_cfg.chunked_size`` names each) as ``(range of the names,
+        GroundingPrompt)`` pairs; ``ValueError`` naming the names of a prompt longer than ``max_text_len``."""
+        names = check_names(names)
+        chunks = chunk_names(names, int((self.test_cfg or {}).get('chunked_size', -1)))
+        return Vocabulary(
+            names, [(part, self.encode_prompt(names[part.start : part.stop])) for part in chunks]
+        )
+
     def predict(  # type: ignore[override]
         self, batch_inputs: Tensor, batch_data_samples: SampleList, rescale: bool = True
     ) -> SampleList:
         """Detections in original image coordinates (``rescale``); see the module docstring for chunks."""
-        chunked_size = int((self.test_cfg or {}).get('chunked_size', -1))
         groups: dict[tuple[str, ...], list[int]] = {}
         for index, sample in enumerate(batch_data_samples):
             groups.setdefault(self._names(sample), []).append(index)
         results: list[Any] = [None] * len(batch_data_samples)
         for names, indices in groups.items():
-            images = batch_inputs[indices]
-            metas = [batch_data_samples[i].metainfo for i in indices]
-            per_image: list[list[Any]] = [[] for _ in indices]
-            for part in chunk_names(names, chunked_size):
-                prompt = self.encode_prompt(names[part.start : part.stop])
-                input_ids = prompt.input_ids.to(images.device).expand(len(indices), -1)
-                attention_mask = input_ids.new_ones(input_ids.shape, dtype=bool)
-                img_feats, txt_tokens, txt_mask = self.extract_feat(images, input_ids, attention_mask)
-                outs = self.bbox_head(img_feats, txt_tokens, txt_mask)
-                candidates = self.bbox_head.candidates_by_feat(
-                    *outs, prompt.positive_map.to(images.device), metas, label_offset=part.start
-                )
-                for image_candidates, levels in zip(per_image, candidates, strict=True):
-                    image_candidates.append(levels)
-            for index, meta, chunks in zip(indices, metas, per_image, strict=True):
-                detections = self.bbox_head.merge_candidates(chunks, meta, rescale=rescale)
-                detections.label_names = [names[label] for label in detections.labels.tolist()]
-                results[index] = detections
+            samples = [batch_data_samples[i] for i in indices]
+            detections = self._predict_group(
+                batch_inputs[indices], samples, self.encode_vocabulary(names), rescale
+            )
+            for index, instances in zip(indices, detections, strict=True):
+                results[index] = instances
         return self.add_pred_to_datasample(batch_data_samples, results)
+
+    def predict_vocabulary(
+        self,
+        batch_inputs: Tensor,
+        batch_data_samples: SampleList,
+        vocabulary: Vocabulary,
+        *,
+        rescale: bool = True,
+        score_thr: float | None = None,
+        max_per_img: int | None = None,
+    ) -> SampleList:
+        """Detections of every image for ``vocabulary`` (see :class:`OpenVocabularyDetector`).
+
+        ``score_thr`` applies to the final score ``sqrt(s * centerness)``; since that is at most ``sqrt(s)``,
+        the candidates are first pruned at ``s >= score_thr ** 2``, which drops none that could reach it.
+        """
+        cfg = dict(self.test_cfg or {})
+        if score_thr is not None:
+            cfg['score_thr'] = float(score_thr) ** 2
+            cfg['final_score_thr'] = float(score_thr)
+        if max_per_img is not None:
+            cfg['max_per_img'] = int(max_per_img)
+        results = self._predict_group(batch_inputs, batch_data_samples, vocabulary, rescale, cfg)
+        return self.add_pred_to_datasample(batch_data_samples, results)
+
+    def _predict_group(
+        self,
+        images: Tensor,
+        samples: SampleList,
+        vocabulary: Vocabulary,
+        rescale: bool,
+        cfg: dict[str, Any] | None = None,
+    ) -> list[Any]:
+        metas = [sample.metainfo for sample in samples]
+        per_image: list[list[Any]] = [[] for _ in samples]
+        for part, prompt in vocabulary.encoding:
+            input_ids = prompt.input_ids.to(images.device).expand(len(samples), -1)
+            attention_mask = input_ids.new_ones(input_ids.shape, dtype=bool)
+            img_feats, txt_tokens, txt_mask = self.extract_feat(images, input_ids, attention_mask)
+            outs = self.bbox_head(img_feats, txt_tokens, txt_mask)
+            candidates = self.bbox_head.candidates_by_feat(
+                *outs, prompt.positive_map.to(images.device), metas, label_offset=part.start, cfg=cfg
+            )
+            for image_candidates, levels in zip(per_image, candidates, strict=True):
+                image_candidates.append(levels)
+        results = []
+        for meta, chunks in zip(metas, per_image, strict=True):
+            detections = self.bbox_head.merge_candidates(chunks, meta, cfg=cfg, rescale=rescale)
+            detections.label_names = [vocabulary.names[label] for label in detections.labels.tolist()]
+            results.append(detections)
+        return results
 
     def _forward(  # type: ignore[override]
         self, batch_inputs: Tensor, batch_data_samples: SampleList | None = None

@@ -261,7 +261,8 @@ class FIBERGroundingHead(ATSSHead):
         bbox_coder, loss_cls, loss_bbox, loss_centerness: ``None`` = GLIP's (deltas with stds 0.1/0.2,
             sigmoid focal loss gamma 2 alpha 0.25, GIoU x2, centerness BCE).
         train_cfg: ``assigner`` (ATSS, top-k 9), ``allowed_border``, ``pos_weight``.
-        test_cfg: ``nms_pre``, ``score_thr``, ``nms``, ``max_per_img``, ``min_bbox_size``.
+        test_cfg: ``nms_pre``, ``score_thr`` (on the name score, before centerness), ``final_score_thr``
+            (optional, on the final score), ``nms``, ``max_per_img``, ``min_bbox_size``.
         init_cfg: mmengine init config (the tower and branches initialise themselves at construction).
 
     Ground truth: each ``gt_instances`` carries ``positive_maps`` (num_gt, L), the tokens of its name in the
@@ -552,8 +553,9 @@ class FIBERGroundingHead(ATSSHead):
         """One image's detections from the candidates of its prompt chunks (``chunks[chunk][level]``).
 
         Per level, the union of the chunks' candidates keeps its top ``nms_pre`` scores, which is the top-k
-        one prompt with every name would keep; then GLIP's ``sqrt(score * centerness)``, class-wise NMS and
-        ``max_per_img`` (mmdet's ``_bbox_post_process``; ``rescale`` maps boxes to the original image).
+        one prompt with every name would keep; then GLIP's ``sqrt(score * centerness)``, the optional
+        ``final_score_thr`` on it, class-wise NMS and ``max_per_img`` (mmdet's ``_bbox_post_process``;
+        ``rescale`` maps boxes to the original image).
         """
         cfg = ConfigDict(self.test_cfg if cfg is None else cfg)  # mmdet's post-processing reads attributes
         nms_pre = cfg.get('nms_pre', -1)
@@ -567,6 +569,9 @@ class FIBERGroundingHead(ATSSHead):
         results.bboxes = cat_boxes([level.bboxes for level in levels])
         results.scores = torch.sqrt(torch.cat([lv.scores * lv.centerness for lv in levels]))
         results.labels = torch.cat([level.labels for level in levels])
+        final_score_thr = cfg.get('final_score_thr')
+        if final_score_thr is not None:  # before NMS: a box below it suppresses only boxes below it
+            results = results[results.scores >= float(final_score_thr)]
         return self._bbox_post_process(results, cfg, rescale=rescale, with_nms=with_nms, img_meta=img_meta)
 
     def predict_by_feat(  # type: ignore[override]

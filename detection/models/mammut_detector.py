@@ -12,9 +12,10 @@ model's scores at test time).
 Parts:
 
 * ``vlm``: the pretrained MaMMUT (built by registry name, loaded from ``pretrained``), kept frozen and in eval
-  mode. Its contrastive text pass embeds each category name (averaged over ``templates``); the embeddings are
-  cached per name, so a vocabulary costs one text pass when first used and none after (a large vocabulary:
-  one batched pass, not one per image). The cache is dropped when weights are loaded.
+  mode. Its contrastive text pass embeds each category name (averaged over ``templates``), in batches (a
+  large vocabulary: one pass per batch, not one per image). The model caches nothing: training embeds the
+  batch's names at each step, and a caller that sees a vocabulary again keeps its
+  :class:`~detection.models.open_vocabulary.Vocabulary` (the inferencer's bounded cache).
 * ``backbone``: :class:`MaMMUTViTBackbone`, a trainable copy of the MaMMUT ViT (initialised from ``vlm``'s
   encoder), run with its full positional embeddings bilinearly up-sampled to the detection grid (never
   cropped). ``neck``: :class:`~detection.models.simple_pyramid.SimpleFeaturePyramid`.
@@ -51,6 +52,7 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 from detection.datasets.ov_detection import read_ov_split
+from detection.models.open_vocabulary import OpenVocabularyDetector, Vocabulary, check_names
 from detection.models.prompts import sample_names
 from toolkit.checkpoint import load_state_dict_file
 from toolkit.registry import MODELS
@@ -89,7 +91,7 @@ class MaMMUTViTBackbone(BaseModule):
 
 
 @MODELS.register_module()
-class MaMMUTDetector(TwoStageDetector):
+class MaMMUTDetector(TwoStageDetector, OpenVocabularyDetector):
     """Open-vocabulary two-stage detector on a pretrained MaMMUT (see the module docstring).
 
     Args:
@@ -171,13 +173,11 @@ class MaMMUTDetector(TwoStageDetector):
         if isinstance(base_names, str):  # an ov_split JSON file: its "base" list
             base_names = (read_ov_split(base_names) or {}).get('base', ())
         self.base_names = frozenset(str(name) for name in base_names)
-        self._txt_cache: dict[str, Tensor] = {}
-        self.text_passes = 0  # batched text-decoder calls so far (the cache makes repeats free)
 
     # ------------------------------------------------------------------------------------------------ weights
     def train(self, mode: bool = True) -> MaMMUTDetector:
         super().train(mode)
-        self.vlm.eval()  # frozen: no dropout, and the cached text embeddings stay valid
+        self.vlm.eval()  # frozen: no dropout, the name embeddings do not depend on the mode
         if self.freeze_backbone:
             self.backbone.eval()
         return self
@@ -206,11 +206,6 @@ class MaMMUTDetector(TwoStageDetector):
             )
         encoder_state = self.vlm.image_encoder.state_dict()
         self.backbone.encoder.load_state_dict(encoder_state)
-        self._txt_cache.clear()
-
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._txt_cache.clear()  # new text-decoder weights: cached embeddings are stale
-        super()._load_from_state_dict(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ text
     def _names(self, sample: Any) -> tuple[str, ...]:
@@ -218,34 +213,22 @@ class MaMMUTDetector(TwoStageDetector):
 
     @torch.no_grad()
     def text_embeddings(self, names: Sequence[str], batch_size: int = 256) -> Tensor:
-        """L2-normalised text embeddings (C, E) of ``names``, from the cache where possible.
+        """L2-normalised text embeddings (C, E) of ``names``: each averaged over the templates and
+        re-normalised (CLIP's prompt ensemble), ``batch_size`` texts per text-decoder pass."""
+        texts = [format_name(template, name) for name in names for template in self.templates]
+        chunks = [self.vlm.encode_text(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+        txt_emb = torch.cat(chunks).float().view(len(names), len(self.templates), -1).mean(dim=1)
+        return F.normalize(txt_emb, dim=-1)
 
-        Names not cached yet are embedded together (batches of ``batch_size`` texts), each averaged over the
-        templates and re-normalised (CLIP's prompt ensemble).
-        """
-        device = self.vlm.logit_scale.device
-        new = [name for name in dict.fromkeys(names) if name not in self._txt_cache]
-        if new:
-            texts = [format_name(template, name) for name in new for template in self.templates]
-            chunks = [
-                self.vlm.encode_text(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)
-            ]
-            txt_emb = torch.cat(chunks).float().view(len(new), len(self.templates), -1).mean(dim=1)
-            for name, emb in zip(new, F.normalize(txt_emb, dim=-1), strict=True):
-                self._txt_cache[name] = emb
-            self.text_passes += 1
-        return torch.stack([self._txt_cache[name].to(device) for name in names])
-
-    def clear_text_cache(self) -> int:
-        """Forget the cached name embeddings (a server seeing ever new names bounds its memory so); returns
-        how many there were."""
-        count = len(self._txt_cache)
-        self._txt_cache.clear()
-        return count
-
-    def set_vocabulary(self, names: Sequence[str]) -> None:
-        """Make ``names`` the classes of the RoI head (embeddings from the cache)."""
-        self.roi_head.bbox_head.set_vocabulary(self.text_embeddings(names))
+    def encode_vocabulary(self, names: Sequence[str]) -> Vocabulary:
+        """The names' text embeddings (C, E); ``ValueError`` naming the names whose embedding is not finite
+        (NaN or inf in the text decoder's weights)."""
+        names = check_names(names)
+        txt_emb = self.text_embeddings(names)
+        finite = torch.isfinite(txt_emb).all(dim=1).tolist()
+        if bad := [name for name, ok in zip(names, finite, strict=True) if not ok]:
+            raise ValueError(f'names {bad} embed to non-finite vectors (NaN or inf in the text decoder?)')
+        return Vocabulary(names, txt_emb)
 
     # ------------------------------------------------------------------------------------------------ modes
     def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> dict[str, Tensor]:  # type: ignore[override]
@@ -260,7 +243,7 @@ class MaMMUTDetector(TwoStageDetector):
                 )
             to_batch = torch.tensor([index[name] for name in names], dtype=torch.long, device=labels.device)
             sample.gt_instances.labels = to_batch[labels.long()]
-        self.set_vocabulary(batch_names)
+        self.roi_head.bbox_head.set_vocabulary(self.text_embeddings(batch_names))
         return super().loss(batch_inputs, batch_data_samples)
 
     def predict(  # type: ignore[override]
@@ -273,16 +256,42 @@ class MaMMUTDetector(TwoStageDetector):
         results: list[Any] = [None] * len(batch_data_samples)
         for names, indices in groups.items():
             samples = [batch_data_samples[i] for i in indices]
-            detections_list = self._predict_group(batch_inputs[indices], samples, names, rescale)
+            vocabulary = self.encode_vocabulary(names)
+            detections_list = self._predict_group(batch_inputs[indices], samples, vocabulary, rescale)
             for i, detections in zip(indices, detections_list, strict=True):
-                detections.label_names = [names[label] for label in detections.labels.tolist()]
                 results[i] = detections
         return self.add_pred_to_datasample(batch_data_samples, results)
 
+    def predict_vocabulary(
+        self,
+        batch_inputs: Tensor,
+        batch_data_samples: SampleList,
+        vocabulary: Vocabulary,
+        *,
+        rescale: bool = True,
+        score_thr: float | None = None,
+        max_per_img: int | None = None,
+    ) -> SampleList:
+        """Detections of every image for ``vocabulary`` (see :class:`OpenVocabularyDetector`); the thresholds
+        replace ``test_cfg.rcnn``'s for this call."""
+        rcnn = dict(self.test_cfg.rcnn)
+        if score_thr is not None:
+            rcnn['score_thr'] = float(score_thr)
+        if max_per_img is not None:
+            rcnn['max_per_img'] = int(max_per_img)
+        results = self._predict_group(batch_inputs, batch_data_samples, vocabulary, rescale, ConfigDict(rcnn))
+        return self.add_pred_to_datasample(batch_data_samples, results)
+
     def _predict_group(
-        self, images: Tensor, samples: SampleList, names: tuple[str, ...], rescale: bool
+        self,
+        images: Tensor,
+        samples: SampleList,
+        vocabulary: Vocabulary,
+        rescale: bool,
+        rcnn_cfg: ConfigDict | None = None,
     ) -> list[Any]:
-        self.set_vocabulary(names)
+        names, txt_emb = vocabulary.names, vocabulary.encoding
+        self.roi_head.bbox_head.set_vocabulary(txt_emb.to(images.device))
         metas = [sample.metainfo for sample in samples]
         img_feats = self.extract_feat(images)
         proposals = self.rpn_head.predict(img_feats, samples, rescale=False)
@@ -290,16 +299,19 @@ class MaMMUTDetector(TwoStageDetector):
         bbox_results = self.roi_head._bbox_forward(img_feats, rois)
         probs = bbox_results['cls_score'].float().softmax(dim=-1)
         if self.ensemble is not None and rois.shape[0]:
-            probs = self.ensemble_probs(images, rois, probs, names)
+            probs = self.ensemble_probs(images, rois, probs, vocabulary)
         counts = [len(proposal) for proposal in proposals]
-        return self.roi_head.bbox_head.predict_from_probs(
+        detections_list = self.roi_head.bbox_head.predict_from_probs(
             rois.split(counts),
             probs.split(counts),
             bbox_results['bbox_pred'].split(counts),
             metas,
-            self.test_cfg.rcnn,
+            self.test_cfg.rcnn if rcnn_cfg is None else rcnn_cfg,
             rescale=rescale,
         )
+        for detections in detections_list:
+            detections.label_names = [names[label] for label in detections.labels.tolist()]
+        return detections_list
 
     # ---------------------------------------------------------------------------------------------- ensemble
     @torch.no_grad()
@@ -337,10 +349,10 @@ class MaMMUTDetector(TwoStageDetector):
             embeddings.append(self.vlm.encode_image(crops).float())
         return torch.cat(embeddings)
 
-    def ensemble_probs(self, images: Tensor, rois: Tensor, probs: Tensor, names: Sequence[str]) -> Tensor:
-        """Blend the detector's probabilities (K, C + 1) with the crop embeddings' class probabilities."""
+    def ensemble_probs(self, images: Tensor, rois: Tensor, probs: Tensor, vocabulary: Vocabulary) -> Tensor:
+        """Blend the detector's probabilities (K, C + 1) with the region embeddings' class probabilities."""
         cfg = self.ensemble or {}
-        txt_emb = self.text_embeddings(names)
+        names, txt_emb = vocabulary.names, vocabulary.encoding.to(probs.device)
         temperature = cfg.get('temperature')
         scale = 1.0 / float(temperature) if temperature else float(self.vlm.current_logit_scale())
         vlm_probs = (scale * self.region_embeddings(images, rois) @ txt_emb.t()).softmax(dim=-1)
@@ -357,5 +369,5 @@ class MaMMUTDetector(TwoStageDetector):
         """Raw RPN and RoI outputs for the first sample's vocabulary (``mode='tensor'``)."""
         if not batch_data_samples:
             raise ValueError('MaMMUTDetector: tensor mode needs data samples with `text`')
-        self.set_vocabulary(self._names(batch_data_samples[0]))
+        self.roi_head.bbox_head.set_vocabulary(self.text_embeddings(self._names(batch_data_samples[0])))
         return super()._forward(batch_inputs, batch_data_samples)
