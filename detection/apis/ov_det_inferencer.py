@@ -35,7 +35,7 @@ from detection.apis.visualization import DetectionDrawer
 from detection.models.open_vocabulary import OpenVocabularyDetector, Vocabulary
 from toolkit.apis import init_model
 from toolkit.registry import TRANSFORMS
-from toolkit.video_io import VIDEO_EXTENSIONS, VideoReadError, open_video
+from toolkit.video_io import VIDEO_EXTENSIONS, VideoReadError, VideoWriter, open_video
 
 __all__ = [
     'IMAGE_EXTENSIONS',
@@ -76,6 +76,7 @@ class DetectionResult:
     height: int
     names: tuple[str, ...]  # the vocabulary
     detections: list[Detection] = field(default_factory=list)
+    error: str | None = None  # why the input was skipped (``on_error='skip'``); then no detections
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -122,6 +123,7 @@ class OVDetInferencer:
         vocab_cache_size: int = 8,
     ) -> None:
         self.model = init_model(config, checkpoint, device=device, cfg_options=cfg_options)
+        self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
         if not isinstance(self.model, OpenVocabularyDetector):
             raise TypeError(
                 f'config {self.model.cfg.filename} builds a {type(self.model).__name__}, which is not an '
@@ -232,21 +234,24 @@ class OVDetInferencer:
         return [self.vocabulary(names) for names in per_input]  # type: ignore[arg-type]
 
     def _frames(
-        self, sources: list[_Source], stride: int, batch_size: int
-    ) -> Iterator[tuple[int, int | None, np.ndarray]]:
-        """``(source index, frame index or None, BGR image)`` for every image and sampled video frame."""
+        self, sources: list[_Source], stride: int, batch_size: int, skip: bool
+    ) -> Iterator[tuple[int, int | None, np.ndarray | str]]:
+        """``(source index, frame index or None, BGR image)`` for every image and sampled video frame; with
+        ``skip``, an unreadable input gives its error message in place of the image."""
         for index, source in enumerate(sources):
-            if source.kind == 'image':
-                yield index, None, self.read_image(source.item)
-            elif source.kind == 'array':
-                yield index, None, np.ascontiguousarray(source.item[..., ::-1])  # RGB -> BGR, as files load
-            else:
-                try:
+            try:
+                if source.kind == 'image':
+                    yield index, None, self.read_image(source.item)
+                elif source.kind == 'array':
+                    yield index, None, np.ascontiguousarray(source.item[..., ::-1])  # RGB -> BGR, as files
+                else:
                     for indices, frames in open_video(source.item, stride=stride, batch_size=batch_size):
                         for frame_index, frame in zip(indices, frames, strict=True):
                             yield index, int(frame_index), np.ascontiguousarray(frame[..., ::-1])
-                except VideoReadError as err:
+            except (DetectionInputError, VideoReadError) as err:
+                if not skip:
                     raise DetectionInputError(str(err)) from None
+                yield index, None, str(err)
 
     # ---------------------------------------------------------------------------------------------- running
     @torch.inference_mode()
@@ -296,6 +301,7 @@ class OVDetInferencer:
         frame_stride: int = 1,
         out_dir: str | os.PathLike[str] | None = None,
         categories: str | os.PathLike[str] | Sequence[dict[str, Any]] | None = None,
+        on_error: str = 'raise',
     ) -> list[DetectionResult]:
         """Detect the named objects in ``inputs``.
 
@@ -308,15 +314,21 @@ class OVDetInferencer:
             max_dets: detections per image at most; ``None``: the config's.
             batch_size: images (or frames) per forward pass.
             frame_stride: videos: every N-th frame.
-            out_dir: if given, write ``vis/`` (drawn images), ``detections.json`` (these results) and
+            out_dir: if given, write ``vis/`` (drawn images; one mp4 per video, at its frame rate over the
+                stride), ``detections.json`` (these results, the skipped inputs, the settings) and
                 ``results.json`` (COCO results: ``image_id``, ``category_id``, ``bbox`` xywh, ``score``).
             categories: for ``results.json``: a COCO categories list (``[{"id", "name"}]``) or a COCO JSON
                 file (its ``categories``, and its ``images`` for the image ids of files); without it,
                 category ids are vocabulary indices + 1 and image ids the results' indices.
+            on_error: ``'raise'``: an unreadable input raises :class:`DetectionInputError`; ``'skip'``: it
+                gives a result with its ``error`` and no detections (a video breaking part-way keeps the
+                frames before).
 
         Returns:
-            One :class:`DetectionResult` per image or sampled video frame, in input order.
+            One :class:`DetectionResult` per image or sampled video frame (or skipped input), in input order.
         """
+        if on_error not in ('raise', 'skip'):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if score_thr is not None and not 0.0 <= score_thr <= 1.0:
             raise DetectionInputError(f'score_thr must be in [0, 1], got {score_thr}')
         if max_dets is not None and max_dets < 1 or batch_size < 1 or frame_stride < 1:
@@ -338,14 +350,23 @@ class OVDetInferencer:
                 )
             batch.clear()
 
-        for index, frame, image in self._frames(sources, frame_stride, batch_size):
-            if batch and (len(batch) == batch_size or vocabularies[batch[0][0]] is not vocabularies[index]):
+        for index, frame, image in self._frames(sources, frame_stride, batch_size, on_error == 'skip'):
+            if batch and (
+                isinstance(image, str)
+                or len(batch) == batch_size
+                or vocabularies[batch[0][0]] is not vocabularies[index]
+            ):
                 flush()
-            batch.append((index, frame, image))
+            if isinstance(image, str):  # skipped: the reason
+                names = vocabularies[index].names
+                results.append(DetectionResult(sources[index].name, frame, 0, 0, names, [], error=image))
+            else:
+                batch.append((index, frame, image))
         if batch:
             flush()
         if out_dir is not None:
-            self.write(results, sources, os.fspath(out_dir), categories)
+            settings = dict(score_thr=score_thr, max_dets=max_dets, frame_stride=frame_stride)
+            self.write(results, sources, os.fspath(out_dir), categories, settings)
         return results
 
     # ---------------------------------------------------------------------------------------------- outputs
@@ -354,31 +375,64 @@ class OVDetInferencer:
         results: list[DetectionResult],
         sources: list[_Source],
         out_dir: str,
-        categories: str | os.PathLike[str] | Sequence[dict[str, Any]] | None,
+        categories: str | os.PathLike[str] | Sequence[dict[str, Any]] | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> None:
-        """Write the visualisations and JSON files of :meth:`__call__`'s ``out_dir``."""
+        """Write the drawings and JSON files of :meth:`__call__`'s ``out_dir``."""
         vis_dir = osp.join(out_dir, 'vis')
         os.makedirs(vis_dir, exist_ok=True)
         drawer = DetectionDrawer(results[0].names if results else ())
-        arrays = {source.name: source.item for source in sources if source.kind == 'array'}
+        by_source = {source.name: source for source in sources}
         taken: set[str] = set()
-        for number, result in enumerate(results):
-            if result.source in arrays:
-                image_rgb = arrays[result.source]
-                stem = f'array_{result.source.strip("<>").split()[-1]}'
-            elif result.frame is None:
-                image_rgb = mmcv.bgr2rgb(self.read_image(result.source))
-                stem = osp.splitext(osp.basename(result.source))[0]
-            else:  # a video frame: decoded again, one at a time, only to draw it
-                image_rgb = _video_frame(result.source, result.frame)
-                stem = f'{osp.splitext(osp.basename(result.source))[0]}_{result.frame:06d}'
-            name = f'{stem}.jpg' if f'{stem}.jpg' not in taken else f'{stem}_{number}.jpg'
-            taken.add(name)
-            mmcv.imwrite(mmcv.rgb2bgr(drawer(image_rgb, result.detections)), osp.join(vis_dir, name))
+        done: set[str] = set()
+        for result in results:
+            if result.error is not None or result.source in done:
+                continue
+            source = by_source[result.source]
+            stem = osp.splitext(osp.basename(source.name))[0] if source.kind != 'array' else 'array'
+            if source.kind == 'video':
+                frames = [r for r in results if r.source == source.name and r.error is None]
+                self._write_video(source.item, frames, drawer, _unique(stem, '.mp4', taken, vis_dir))
+                done.add(source.name)
+                continue
+            image_rgb = source.item if source.kind == 'array' else mmcv.bgr2rgb(self.read_image(source.item))
+            drawn = drawer(image_rgb, result.detections)
+            mmcv.imwrite(mmcv.rgb2bgr(drawn), _unique(stem, '.jpg', taken, vis_dir))
+        summary = dict(
+            config=self.model.cfg.filename,
+            checkpoint=self.checkpoint,
+            **(settings or {}),
+            results=[result.to_dict() for result in results if result.error is None],
+            skipped=[dict(source=result.source, reason=result.error) for result in results if result.error],
+        )
         with open(osp.join(out_dir, 'detections.json'), 'w') as f:
-            json.dump([result.to_dict() for result in results], f, indent=1)
+            json.dump(summary, f, indent=1)
         with open(osp.join(out_dir, 'results.json'), 'w') as f:
-            json.dump(coco_results(results, categories), f)
+            json.dump(coco_results([r for r in results if r.error is None], categories), f)
+
+    @staticmethod
+    def _write_video(path: str, frames: list[DetectionResult], drawer: DetectionDrawer, out: str) -> None:
+        """The video's processed frames with their detections drawn, as an mp4 at ``fps / stride``."""
+        wanted = {int(result.frame or 0): result for result in frames}
+        stride = int(frames[1].frame or 0) - int(frames[0].frame or 0) if len(frames) > 1 else 1
+        video = open_video(path, stride=max(stride, 1), batch_size=8)
+        with VideoWriter(out, video.fps / max(stride, 1)) as writer:
+            for indices, images in video:
+                for index, image in zip(indices, images, strict=True):
+                    if (result := wanted.get(index)) is not None:
+                        writer.write(drawer(np.ascontiguousarray(image), result.detections))
+                if indices[-1] >= max(wanted):
+                    break
+
+
+def _unique(stem: str, extension: str, taken: set[str], folder: str) -> str:
+    name = f'{stem}{extension}'
+    number = 1
+    while name in taken:
+        name = f'{stem}_{number}{extension}'
+        number += 1
+    taken.add(name)
+    return osp.join(folder, name)
 
 
 def coco_results(
@@ -408,13 +462,6 @@ def coco_results(
             out.append(dict(image_id=image_id, category_id=category_id, bbox=[x1, y1, x2 - x1, y2 - y1],
                             score=det.score))  # fmt: skip
     return out
-
-
-def _video_frame(path: str, frame: int) -> np.ndarray:
-    for indices, frames in open_video(path, stride=max(frame, 1), batch_size=1):
-        if indices[0] == frame:
-            return frames[0]
-    raise DetectionInputError(f'video {path} has no frame {frame}')
 
 
 def _inference_pipeline(cfg: Config) -> tuple[list[dict[str, Any]], dict[str, Any]]:

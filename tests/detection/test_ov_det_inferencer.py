@@ -161,13 +161,28 @@ def test_video_frames_and_outputs(fiber_random: OVDetInferencer, shapes_tiny: Pa
         str(video), NAMES, score_thr=0.0, max_dets=3, frame_stride=2, out_dir=tmp_path / 'o'
     )
     assert [r.frame for r in results] == [0, 2, 4] and all(r.source == str(video) for r in results)
-    drawn = sorted(p.name for p in (tmp_path / 'o/vis').iterdir())
-    assert drawn == ['clip_000000.jpg', 'clip_000002.jpg', 'clip_000004.jpg']
+    assert sorted(p.name for p in (tmp_path / 'o/vis').iterdir()) == ['clip.mp4']
+    with av.open(str(tmp_path / 'o/vis/clip.mp4')) as container:  # the 3 processed frames, drawn
+        stream = container.streams.video[0]
+        assert len(list(container.decode(stream))) == 3 and float(stream.average_rate) == pytest.approx(4)
     coco = json.loads((tmp_path / 'o/results.json').read_text())
     assert len(coco) == sum(len(r.detections) for r in results) and {d['image_id'] for d in coco} == {0, 1, 2}
     assert {d['category_id'] for d in coco} <= {1, 2, 3}
     saved = json.loads((tmp_path / 'o/detections.json').read_text())
-    assert saved[1]['frame'] == 2 and saved[1]['detections'][0]['name'] in NAMES
+    assert saved['frame_stride'] == 2 and saved['skipped'] == [] and saved['checkpoint'] is None
+    assert saved['results'][1]['frame'] == 2 and saved['results'][1]['detections'][0]['name'] in NAMES
+
+
+def test_skip_bad_inputs_when_asked(fiber_random: OVDetInferencer, shapes_tiny: Path, tmp_path: Path) -> None:
+    good = sorted((shapes_tiny / 'images/val').glob('*.jpg'))[0]
+    broken = tmp_path / 'broken.png'
+    broken.write_bytes(b'\x89PNG\r\n\x1a\n not really a png')
+    results = fiber_random([str(good), str(broken)], NAMES, on_error='skip', out_dir=tmp_path / 'o')
+    assert [r.error is None for r in results] == [True, False] and 'broken.png' in results[1].error
+    saved = json.loads((tmp_path / 'o/detections.json').read_text())
+    assert [s['source'] for s in saved['skipped']] == [str(broken)] and len(saved['results']) == 1
+    with pytest.raises(DetectionInputError, match='broken.png'):
+        fiber_random([str(good), str(broken)], NAMES)
 
 
 def test_bad_input_is_named(fiber_random: OVDetInferencer, tmp_path: Path) -> None:
