@@ -79,8 +79,10 @@ class DetectionResult:
     error: str | None = None  # why the input was skipped (``on_error='skip'``); then no detections
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data (lists for tuples)."""
         out = asdict(self)
         out['names'] = list(self.names)
+        out['detections'] = [dict(d, bbox=list(d['bbox'])) for d in out['detections']]
         return out
 
 

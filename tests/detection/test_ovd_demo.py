@@ -3,9 +3,9 @@
 An image, a folder and an H.264 video in, drawings and detections.json out; boxes in the input's own pixels
 (a 200 x 150 image gives its 128 x 96 resized copy's boxes times 1.5625; 256 x 192 for MaMMUT, times 1.28),
 labels from the given names (novel ones included), frame indices that follow --frame-stride, clear errors
-naming the file, and pickled objects in a checkpoint refused. MaMMUT: the names are embedded once at start-up
-(the cache serves the images), its two-stage test_cfg gets the score threshold and --max-dets, --chunked-size
-(FIBER's) is refused, and names that embed to NaN are refused before any input is read."""
+naming the file, and pickled objects in a checkpoint refused. MaMMUT: the names are embedded once for all
+images (the inferencer's cache), the threshold and --max-dets reach its two-stage head without changing the
+model's test_cfg, and names that embed to NaN are refused before any input is read."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import torch
 from mmengine.config import Config
 from PIL import Image, ImageDraw
 
+from detection.apis import DetectionInputError, OVDetInferencer
 from toolkit.checkpoint import UnsafeCheckpointError
 from toolkit.registry import MODELS, TRANSFORMS
 from toolkit.testing.scripts import load_script
@@ -118,28 +119,28 @@ def _args(
 
 def _check_detections(entry: dict, names: tuple[str, ...], width: int, height: int) -> None:
     dets = entry['detections']
-    assert dets, entry['file']  # score_thr 0: a random-init model still gives boxes
+    assert dets, entry['source']  # score_thr 0: a random-init model still gives boxes
+    assert (entry['width'], entry['height']) == (width, height)
     assert [d['score'] for d in dets] == sorted((d['score'] for d in dets), reverse=True)
     for det in dets:
         x1, y1, x2, y2 = det['bbox']
         assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height, det
-        assert det['label'] in names and 0.0 <= det['score'] <= 1.0
+        assert det['name'] in names and names[det['label']] == det['name'] and 0.0 <= det['score'] <= 1.0
 
 
-def test_texts_are_parsed_and_an_empty_list_is_refused() -> None:
-    assert demo.parse_texts(' red circle . blue square. ') == ('red circle', 'blue square')
-    assert demo.parse_texts('red circle, red triangle ,red circle') == ('red circle', 'red triangle')
-    with pytest.raises(demo.DemoInputError, match='names no category'):
-        demo.parse_texts(' . , ')
+def test_an_empty_name_list_is_refused(tmp_path: Path, checkpoint: Path) -> None:
+    image = _save(tmp_path / 'scene.png', _shapes(64, 64, seed=1))
+    with pytest.raises(DetectionInputError, match='names no category'):
+        demo.main(_args(image, tmp_path / 'out', checkpoint, ' . '))
 
 
 def test_single_image_with_novel_names(tmp_path: Path, checkpoint: Path) -> None:
     image = _save(tmp_path / 'scene.png', _shapes(128, 128, seed=1))
     out = tmp_path / 'out'
-    output = demo.main(_args(image, out, checkpoint, 'red triangle, purple circle', '--max-dets', '4'))
+    output = demo.main(_args(image, out, checkpoint, 'red triangle . purple circle', '--max-dets', '4'))
     saved = json.loads((out / 'detections.json').read_text())
-    assert saved == json.loads(json.dumps(output)) and saved['names'] == list(NOVEL)
-    assert [r['file'] for r in saved['results']] == [str(image)] and 'frame' not in saved['results'][0]
+    assert saved['results'] == output['results'] and saved['results'][0]['names'] == list(NOVEL)
+    assert [r['source'] for r in saved['results']] == [str(image)] and saved['results'][0]['frame'] is None
     assert len(saved['results'][0]['detections']) == 4
     _check_detections(saved['results'][0], NOVEL, 128, 128)
     drawn = mmcv.imread(str(out / 'vis/scene.jpg'))
@@ -168,14 +169,15 @@ def test_folder_boxes_in_original_pixels_and_bad_files(tmp_path: Path, checkpoin
     folder, wide = _image_folder(tmp_path, size=128, seed=2)
     (folder / 'notes.txt').write_text('not an image')
 
-    with pytest.raises(demo.DemoInputError, match=r'd_broken\.png.*cannot be decoded'):
+    with pytest.raises(DetectionInputError, match=r'd_broken\.png.*cannot be decoded'):
         demo.main(_args(folder, tmp_path / 'fail', checkpoint, ' . '.join(names)))
 
     out = tmp_path / 'out'
     saved = demo.main(_args(folder, out, checkpoint, ' . '.join(names), '--skip-bad', '--max-dets', '6'))
-    assert saved == json.loads((out / 'detections.json').read_text())
-    assert [Path(s['file']).name for s in saved['skipped']] == ['d_broken.png']
-    by_name = {Path(r['file']).name: r for r in saved['results']}
+    written = json.loads((out / 'detections.json').read_text())
+    assert saved['results'] == written['results'] and saved['skipped'] == written['skipped']
+    assert [Path(s['source']).name for s in saved['skipped']] == ['d_broken.png']
+    by_name = {Path(r['source']).name: r for r in saved['results']}
     assert list(by_name) == ['a_square.png', 'b_wide.png', 'c_small.png']  # sorted, .txt ignored
     sizes = {'a_square.png': (128, 128), 'b_wide.png': (200, 150), 'c_small.png': (128, 96)}
     for name, (width, height) in sizes.items():
@@ -199,7 +201,7 @@ def test_video_frames_follow_the_stride(tmp_path: Path, checkpoint: Path) -> Non
                  '--max-dets', '3')  # fmt: skip
     saved = demo.main(args)
     assert [r['frame'] for r in saved['results']] == [0, 3, 6, 9]  # two batches: 0, 3, 6 and 9
-    assert {r['file'] for r in saved['results']} == {str(video)}
+    assert {r['source'] for r in saved['results']} == {str(video)}
     for entry in saved['results']:
         _check_detections(entry, names, 128, 96)
     codec, fps, drawn = _decode_video(out / 'vis/clip.mp4')
@@ -209,11 +211,11 @@ def test_video_frames_follow_the_stride(tmp_path: Path, checkpoint: Path) -> Non
 
 def test_missing_input_and_corrupt_video_name_the_file(tmp_path: Path, checkpoint: Path) -> None:
     missing = tmp_path / 'nowhere.png'
-    with pytest.raises(demo.DemoInputError, match='nowhere.png does not exist'):
+    with pytest.raises(DetectionInputError, match='nowhere.png does not exist'):
         demo.main(_args(missing, tmp_path / 'out', checkpoint, 'red circle'))
     broken = tmp_path / 'broken.mp4'
     broken.write_bytes(b'\x00\x00\x00\x18ftypmp42' + bytes(64))
-    with pytest.raises(demo.DemoInputError, match=r'broken\.mp4'):
+    with pytest.raises(DetectionInputError, match=r'broken\.mp4'):
         demo.main(_args(broken, tmp_path / 'out', checkpoint, 'red circle'))
 
 
@@ -236,9 +238,9 @@ def test_mammut_single_image_with_novel_names(tmp_path: Path, mammut: tuple[Path
     args = _args(image, out, checkpoint, 'red triangle . purple circle', '--max-dets', '5', config=config)
     output = demo.main(args)
     saved = json.loads((out / 'detections.json').read_text())
-    assert saved == json.loads(json.dumps(output)) and saved['names'] == list(NOVEL)
+    assert saved['results'] == output['results'] and saved['results'][0]['names'] == list(NOVEL)
     assert saved['config'] == str(config) and saved['skipped'] == []
-    assert [r['file'] for r in saved['results']] == [str(image)] and 'frame' not in saved['results'][0]
+    assert [r['source'] for r in saved['results']] == [str(image)] and saved['results'][0]['frame'] is None
     assert len(saved['results'][0]['detections']) == 5
     _check_detections(saved['results'][0], NOVEL, 128, 128)
     assert mmcv.imread(str(out / 'vis/scene.jpg')).shape == (128, 128, 3)
@@ -250,11 +252,12 @@ def test_mammut_folder_boxes_in_original_pixels(tmp_path: Path, mammut: tuple[Pa
     folder, wide = _image_folder(tmp_path, size=256, seed=7)  # the MaMMUT config detects at 256 px
 
     out = tmp_path / 'out'
-    args = _args(folder, out, checkpoint, ', '.join(names), '--skip-bad', '--max-dets', '8', config=config)
+    args = _args(folder, out, checkpoint, ' . '.join(names), '--skip-bad', '--max-dets', '8', config=config)
     saved = demo.main(args)
-    assert saved == json.loads((out / 'detections.json').read_text()) and saved['names'] == list(names)
-    assert [Path(s['file']).name for s in saved['skipped']] == ['d_broken.png']
-    by_name = {Path(r['file']).name: r for r in saved['results']}
+    assert saved['results'] == json.loads((out / 'detections.json').read_text())['results']
+    assert all(r['names'] == list(names) for r in saved['results'])
+    assert [Path(s['source']).name for s in saved['skipped']] == ['d_broken.png']
+    by_name = {Path(r['source']).name: r for r in saved['results']}
     assert list(by_name) == ['a_square.png', 'b_wide.png', 'c_small.png']
     sizes = {'a_square.png': (128, 128), 'b_wide.png': (200, 150), 'c_small.png': (256, 192)}
     for name, (width, height) in sizes.items():
@@ -270,38 +273,46 @@ def test_mammut_folder_boxes_in_original_pixels(tmp_path: Path, mammut: tuple[Pa
     )
 
 
-def test_mammut_names_embedded_once_and_two_stage_test_cfg(mammut: tuple[Path, Path]) -> None:
+def test_mammut_names_embedded_once_and_thresholds_per_call(mammut: tuple[Path, Path]) -> None:
     config, checkpoint = mammut
     names = BASE + NOVEL
-    detector = demo.OVDetector(
-        config=str(config), checkpoint=str(checkpoint), names=names, score_thr=0.0002, max_dets=3
-    )
-    model = detector.model
-    assert type(model).__name__ == 'MaMMUTDetector' and 'chunked_size' not in model.test_cfg
-    assert model.test_cfg.rcnn.score_thr == 0.0002  # min(config's 0.001, --score-thr)
-    assert model.test_cfg.rcnn.max_per_img == 3 and model.test_cfg.rpn.max_per_img == 100
-    assert model.text_passes == 1 and set(model._txt_cache) == set(names)  # embedded at start-up
-    images = [_shapes(96, 64, seed=9)[..., ::-1], _shapes(64, 64, seed=10)[..., ::-1]]
-    detections = detector(images)
-    assert model.text_passes == 1  # the images used the cached embeddings
-    for dets, (height, width) in zip(detections, [(64, 96), (64, 64)], strict=True):
-        _check_detections(dict(file='array', detections=dets), names, width, height)
-        assert len(dets) <= 3 and all(d['score'] >= 0.0002 for d in dets)
+    inferencer = OVDetInferencer(str(config), checkpoint)
+    model = inferencer.model
+    rcnn_before = dict(model.test_cfg.rcnn)
+    images = [_shapes(96, 64, seed=9), _shapes(64, 64, seed=10)]
+    calls: list[int] = []
+    original = model.vlm.encode_text
+    model.vlm.encode_text = lambda texts: calls.append(len(texts)) or original(texts)  # type: ignore[method-assign]
+    results = inferencer(images, names, score_thr=0.0002, max_dets=3, batch_size=1)
+    results += inferencer(images, ' . '.join(names), score_thr=0.0002, max_dets=3)
+    assert calls == [len(names)]  # one text pass for both calls and all four images
+    assert dict(model.test_cfg.rcnn) == rcnn_before  # the call's thresholds did not touch the model
+    for result, (height, width) in zip(results, [(64, 96), (64, 64)] * 2, strict=True):
+        entry = result.to_dict()
+        _check_detections(entry, names, width, height)
+        assert len(entry['detections']) <= 3 and all(d['score'] >= 0.0002 for d in entry['detections'])
 
 
-def test_mammut_refuses_chunked_size_and_nan_embeddings(tmp_path: Path, mammut: tuple[Path, Path]) -> None:
+def test_mammut_nan_embeddings_are_refused_before_input(tmp_path: Path, mammut: tuple[Path, Path]) -> None:
     config, checkpoint = mammut
     image = _save(tmp_path / 'scene.png', _shapes(64, 64, seed=11))
-    with pytest.raises(demo.DemoInputError, match=r'--chunked-size applies to FIBER.*MaMMUTDetector'):
-        demo.main(
-            _args(image, tmp_path / 'out', checkpoint, 'red circle', '--chunked-size', '2', config=config)
-        )
     state = torch.load(checkpoint, weights_only=True)
     state['state_dict']['vlm.text_decoder.text_proj.weight'][0, 0] = float('nan')
     broken = tmp_path / 'nan.pth'
     torch.save(state, broken)
-    with pytest.raises(
-        demo.DemoInputError, match=r"names \['red circle', 'red triangle'\].*non-finite.*nan\.pth"
-    ):
+    with pytest.raises(DetectionInputError, match=r"names \['red circle', 'red triangle'\].*non-finite"):
         demo.main(_args(image, tmp_path / 'out', broken, 'red circle . red triangle', config=config))
     assert not (tmp_path / 'out').exists()  # refused before anything was written
+
+
+def test_cfg_options_chunk_fiber_prompts(tmp_path: Path, checkpoint: Path) -> None:
+    """--cfg-options model.test_cfg.chunked_size=2: three names in two prompts, the same boxes as one."""
+    image = _save(tmp_path / 'scene.png', _shapes(128, 128, seed=12))
+    texts = ' . '.join(BASE)
+    one = demo.main(_args(image, tmp_path / 'one', checkpoint, texts, '--max-dets', '5'))
+    two = demo.main(_args(image, tmp_path / 'two', checkpoint, texts, '--max-dets', '5',
+                          '--cfg-options', 'model.test_cfg.chunked_size=2'))  # fmt: skip
+    assert [d['name'] for d in two['results'][0]['detections']] != [] and len(
+        two['results'][0]['detections']
+    ) == 5
+    assert {d['name'] for d in one['results'][0]['detections'] + two['results'][0]['detections']} <= set(BASE)
