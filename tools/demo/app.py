@@ -35,7 +35,6 @@ from typing import Any
 import jinja2
 import uvicorn
 from app_models import DetectionService, InputError, ModelGate, ServerBusy, VideoService
-from ovd_demo import VIDEO_EXTENSIONS, parse_texts
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -43,7 +42,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from detection.apis import parse_names
 from toolkit.shapes_world import render_samples
+from toolkit.video_io import VIDEO_EXTENSIONS
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -350,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         detector = DetectionService(
             config=args.det_config,
             checkpoint=args.det_checkpoint,
-            names=parse_texts(args.names),
+            names=parse_names(args.names),
             device=args.device,
             max_image_side=args.max_image_side,
         )

@@ -1,8 +1,8 @@
 """The models behind ``tools/demo/app.py``, each loaded once: an open-vocabulary detector (FIBER or MaMMUT,
-through :class:`ovd_demo.OVDetector`) and a MaMMUT video model that captions a clip and answers a question
-about it. Inputs are the bytes or files of uploads and bundled samples; every problem a person can cause
-raises :class:`InputError` with a message for the page and an HTTP status. :class:`ModelGate` lets one model
-call run at a time.
+through :class:`detection.apis.OVDetInferencer`) and a MaMMUT video model that captions a clip and answers a
+question about it. Inputs are the bytes or files of uploads and bundled samples; every problem a person can
+cause raises :class:`InputError` with a message for the page and an HTTP status. :class:`ModelGate` lets one
+model call run at a time.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch
 from mmengine.config import Config
 from mmengine.dataset import Compose, pseudo_collate
 from mmengine.registry import init_default_scope
-from ovd_demo import DemoInputError, Drawer, OVDetector, parse_texts
 
+from detection.apis import Detection, DetectionDrawer, DetectionInputError, OVDetInferencer, parse_names
 from toolkit.checkpoint import load_state_dict_file
 from toolkit.registry import MODELS, TRANSFORMS
 from toolkit.transforms import image_header
@@ -110,7 +110,7 @@ class DetectionResult:
     height: int
     names: tuple[str, ...]
     threshold: float
-    detections: list[dict[str, Any]]  # {'bbox': [x1, y1, x2, y2] in the image's pixels, 'score', 'label'}
+    detections: list[Detection]  # best first, boxes in the image's pixels
     drawn_png: bytes  # the boxes drawn on the image (upscaled when small)
     seconds: float
 
@@ -138,18 +138,15 @@ class DetectionService:
         max_names: int = 64,
         display_side: int = 640,
     ) -> None:
-        # Threshold 0 in the model (up to its max_per_img boxes); each request filters by its own.
-        self.detector = OVDetector(
-            config=config, checkpoint=checkpoint, names=names, device=device, score_thr=0.0
-        )
-        self.drawer = Drawer(names)
+        self.inferencer = OVDetInferencer(config, checkpoint, device=device, vocab_cache_size=64)
+        self.inferencer.vocabulary(names)  # bad names or a bad model fail before serving
+        self.drawer = DetectionDrawer(names)
         self.max_image_side, self.max_names, self.display_side = max_image_side, max_names, display_side
-        self.names_seen: set[str] = set(names)
 
     def parse_names(self, text: str) -> tuple[str, ...]:
         try:
-            names = parse_texts(text)
-        except DemoInputError:
+            names = parse_names(text)
+        except DetectionInputError:
             raise InputError(
                 'Type at least one category name; separate names with " . " '
                 '(e.g. "red circle . blue square").'
@@ -181,22 +178,14 @@ class DetectionService:
         names = self.parse_names(names_text)
         self.check_image(data, name)
         try:
-            image_bgr = self.detector.decode_image(data, name)
-        except DemoInputError as err:
+            image_bgr = self.inferencer.decode_image(data, name)
+            vocabulary = self.inferencer.vocabulary(names)  # the inferencer's bounded cache
+        except DetectionInputError as err:
             raise InputError(f'{err}.') from None
-        self.names_seen.update(names)
-        if len(self.names_seen) > 4096 and hasattr(self.detector.model, 'clear_text_cache'):
-            self.detector.model.clear_text_cache()  # MaMMUT caches one embedding per name ever seen
-            self.names_seen = set(names)
-        try:
-            self.detector.set_names(names)
-        except DemoInputError as err:
-            raise InputError(str(err).replace('--texts: ', 'names: ')) from None
-        self.detector.score_thr = threshold
-        detections = self.detector([image_bgr])[0]
+        detections = self.inferencer.detect([image_bgr], vocabulary, score_thr=threshold)[0]
         self.drawer.set_names(names)
         image_rgb, scale = _upscaled(mmcv.bgr2rgb(image_bgr), self.display_side)
-        scaled = [dict(d, bbox=[v * scale for v in d['bbox']]) for d in detections]
+        scaled = [dataclasses.replace(d, bbox=tuple(v * scale for v in d.bbox)) for d in detections]
         drawn = self.drawer(image_rgb, scaled)
         return DetectionResult(
             name=name,
