@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from detection.models import grounding_head as _grounding_head
+from detection.layers.deform_conv import TorchModulatedDeformConv2d
 from detection.models.mammut_detector import format_name
 from toolkit.benchmark.flops import count_flops
 
@@ -276,7 +276,7 @@ def forward_gflops(model: nn.Module, run: Callable[[], Any]) -> tuple[float, Any
         module.register_forward_hook(dcn_flops)
         for module in model.modules()
         if isinstance(module, ModulatedDeformConv2d)
-        and not isinstance(module, _grounding_head.TorchModulatedDeformConv2d)  # counted by torch
+        and not isinstance(module, TorchModulatedDeformConv2d)  # counted by torch
     ]
     result: list[Any] = []
     try:

@@ -112,7 +112,7 @@ def test_mammut_ensemble_switch(benchmark, monkeypatch: pytest.MonkeyPatch) -> N
 def test_dcn_flops_are_added_for_mmcv_only() -> None:
     from mmcv.ops import ModulatedDeformConv2d
 
-    from detection.models.grounding_head import TorchModulatedDeformConv2d
+    from detection.layers.deform_conv import TorchModulatedDeformConv2d
 
     x, offset, mask = torch.randn(1, 4, 6, 6), torch.zeros(1, 18, 6, 6), torch.ones(1, 9, 6, 6)
     expected = 2 * 8 * 4 * 9 * 6 * 6 / 1e9  # 2 * Cout * Cin * k * k * Ho * Wo
