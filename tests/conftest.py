@@ -4,7 +4,6 @@ scripts."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -37,20 +36,15 @@ def repo_root() -> Path:
 
 
 @pytest.fixture
-def load_benchmark(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], ModuleType]]:
-    """``load_benchmark('video')`` imports ``tools/benchmark/video.py`` by path, its folder first on
-    ``sys.path`` as when it runs; the torch thread count the scripts set is restored afterwards."""
-    folder = REPO / 'tools' / 'benchmark'
-    monkeypatch.syspath_prepend(str(folder))
+def load_benchmark() -> Iterator[Callable[[str], ModuleType]]:
+    """``load_benchmark('video_pipeline')`` imports ``tools/benchmark/video_pipeline.py`` by path (the scripts
+    import only the installed packages); the torch thread count the scripts set is restored afterwards."""
+    from toolkit.testing.scripts import load_script
+
     threads = torch.get_num_threads()
 
     def load(name: str) -> ModuleType:
-        spec = importlib.util.spec_from_file_location(f'benchmark_{name}', folder / f'{name}.py')
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, spec.name, module)
-        spec.loader.exec_module(module)
-        return module
+        return load_script(REPO / 'tools' / 'benchmark' / f'{name}.py', f'benchmark_{name}')
 
     yield load
     torch.set_num_threads(threads)

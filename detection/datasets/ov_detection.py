@@ -40,7 +40,8 @@ from mmdet.datasets import CocoDataset, LVISV1Dataset
 from mmengine.logging import print_log
 
 from toolkit.registry import DATASETS
-from toolkit.schema import check_coco_instances, check_files_exist, check_lvis, load_checked_json
+from toolkit.schema.annotations import check_coco_instances, check_lvis
+from toolkit.schema.files import check_files_exist, load_checked_json
 
 __all__ = ['VOCABULARIES', 'OVCocoDataset', 'OVLVISDataset', 'lvis_frequency_split', 'read_ov_split']
 
@@ -103,8 +104,9 @@ class _OVVocabulary:
         check_files: pre-flight scan that every image exists (turn off for remote storage).
         on_missing: ``'raise'`` (a missing image fails the build) or ``'skip'`` (dropped, counted in the
             skip ledger, :mod:`toolkit.skips`).
-        schema_options: options of the annotation file's check (:func:`toolkit.schema.check_coco_instances`
-            or :func:`~toolkit.schema.check_lvis`: ``bbox_tolerance``, ``allow_empty_boxes``).
+        schema_options: options of the annotation file's check
+            (:func:`toolkit.schema.annotations.check_coco_instances` or
+            :func:`~toolkit.schema.annotations.check_lvis`: ``bbox_tolerance``, ``allow_empty_boxes``).
         **kwargs: the mmdet data set's arguments (``data_root``, ``ann_file``, ``data_prefix``, ...).
     """
 

@@ -15,7 +15,8 @@ from typing import Any
 from mmengine.dataset import BaseDataset
 
 from toolkit.registry import DATASETS
-from toolkit.schema import check_coco_captions, check_files_exist, load_checked_json
+from toolkit.schema.annotations import check_coco_captions
+from toolkit.schema.files import check_files_exist, load_checked_json
 
 __all__ = ['ImageCaptionDataset', 'ImageTextCsvDataset']
 
@@ -43,7 +44,7 @@ class ImageCaptionDataset(BaseDataset):
         on_missing: ``'raise'`` (a missing image fails the build) or ``'skip'`` (its record is
             dropped and counted in the skip ledger, :mod:`toolkit.skips`).
         schema_options: Options of the annotation file's check,
-            :func:`toolkit.schema.check_coco_captions` (``max_caption_chars``).
+            :func:`toolkit.schema.annotations.check_coco_captions` (``max_caption_chars``).
         **kwargs: Passed to ``mmengine.dataset.BaseDataset`` (``pipeline``, ``test_mode``,
             ``indices``, ``serialize_data``, ...).
     """

@@ -17,7 +17,7 @@ from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.structures import InstanceData
 
-from detection.models.grounding_head import modulated_deform_conv2d
+from detection.layers.deform_conv import modulated_deform_conv2d
 from toolkit.checkpoint import safe_load
 from toolkit.registry import DATASETS, METRICS, MODELS
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from toolkit.registry import DATASETS
-from toolkit.schema import SchemaError
+from toolkit.schema.base import SchemaError
 from toolkit.skips import read_ledger, set_ledger
 from toolkit.testing.broken_annotations import broken_coco_instances, broken_lvis
 

@@ -18,7 +18,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pretrain.datasets.webdataset import WebDataset, WebDatasetError, braceexpand, reader_shares, write_shard
+from pretrain.datasets.tar_shards import WebDatasetError, braceexpand, reader_shares, write_shard
+from pretrain.datasets.webdataset import WebDataset
 from toolkit.skips import read_ledger, set_ledger
 from toolkit.testing.scripts import load_script
 
@@ -89,7 +90,7 @@ def test_streams_pipes_gzip_and_silent_truncation(shards: Path, tmp_path: Path) 
     takes for the end of the archive) and a failing command are reported, not taken for a short shard."""
     import gzip
 
-    from pretrain.datasets.webdataset import iter_tar_groups
+    from pretrain.datasets.tar_shards import iter_tar_groups
 
     shard = shards / 'shapes-train-000000.tar'
     expected = [g.key for g in iter_tar_groups(str(shard))]

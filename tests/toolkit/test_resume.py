@@ -484,9 +484,9 @@ def test_exported_safetensors_weights_load_as_load_from(tmp_path: Path) -> None:
         assert torch.equal(a, b), name
 
 
+# Runs with this folder on PYTHONPATH (for `import test_resume`).
 _KILL_SCRIPT = '''
-import sys, torch
-sys.path.insert(0, {tests!r})
+import torch
 from mmengine.registry import init_default_scope
 init_default_scope('toolkit')
 import test_resume as t
@@ -518,8 +518,9 @@ def test_kill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path: Path) -> None
 
     work = tmp_path / 'w'
     script = tmp_path / 'train.py'
-    script.write_text(_KILL_SCRIPT.format(tests=str(Path(__file__).parent), work=str(work)))
-    env = dict(os.environ, OMP_NUM_THREADS='1')
+    script.write_text(_KILL_SCRIPT.format(work=str(work)))
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get('PYTHONPATH')]))
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=path)
     rng = random.Random(0)
     last_iter, killed_mid_save, rounds = 0, 0, 0
     while rounds < 2 or (killed_mid_save == 0 and rounds < 8):  # until one kill landed inside a save

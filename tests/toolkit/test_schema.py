@@ -12,18 +12,15 @@ from typing import Any
 
 import pytest
 
-from toolkit.schema import (
-    SchemaError,
+from toolkit.schema.annotations import (
     check_coco_captions,
     check_coco_instances,
-    check_files_exist,
     check_lvis,
     check_msrvtt_qa,
     check_msrvtt_videodatainfo,
-    check_relative_path,
-    load_checked_json,
-    load_json,
 )
+from toolkit.schema.base import SchemaError, check_relative_path
+from toolkit.schema.files import check_files_exist, load_checked_json, load_json
 from toolkit.skips import read_ledger, set_ledger
 from toolkit.testing.broken_annotations import (
     BrokenAnnotation,

@@ -32,7 +32,6 @@ from toolkit.testing.broken_video import (
     write_broken_videos,
     write_fault_videos,
 )
-from video.datasets.decode_sandbox import TEST_HOOK_ENV, get_sandbox
 from video.datasets.msrvtt import MSRVTTCaptionDataset
 from video.datasets.transforms import (
     DecodeVideo,
@@ -42,6 +41,7 @@ from video.datasets.transforms import (
     VideoDecodeTimeoutError,
     read_frame_count,
 )
+from video.io.sandbox import TEST_HOOK_ENV, get_sandbox
 
 BACKENDS = ('decord', 'pyav')
 DECODABLE = {'good': GOOD_FRAMES, 'mkv_named_mp4': GOOD_FRAMES, 'mp4_named_avi': GOOD_FRAMES, 'short': 2}
@@ -133,8 +133,8 @@ def _sandbox_processes() -> dict[int, int]:
                 argv = f.read().split(b'\0')
         except OSError:
             continue
-        if b'video.datasets.decode_sandbox' in argv:
-            out[int(entry)] = int(argv[argv.index(b'video.datasets.decode_sandbox') + 4])
+        if b'video.io.sandbox' in argv:
+            out[int(entry)] = int(argv[argv.index(b'video.io.sandbox') + 4])
     return out
 
 
@@ -416,7 +416,7 @@ def test_a_child_killed_between_calls_is_replaced_silently(corpus: dict[str, Pat
 
 _OWNER = """
 import sys, numpy as np
-from video.datasets.decode_sandbox import get_sandbox
+from video.io.sandbox import get_sandbox
 sandbox = get_sandbox()
 sandbox.decode(sys.argv[1], np.arange(2))
 print(sandbox.child_pid, flush=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.schema import SchemaError
+from toolkit.schema.base import SchemaError
 from toolkit.testing.broken_annotations import broken_msrvtt_qa, broken_msrvtt_videodatainfo
 from video.datasets.msrvtt import MSRVTTCaptionDataset, MSRVTTQADataset
 

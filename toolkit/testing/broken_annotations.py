@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from toolkit.schema import MAX_CAPTION_CHARS
+from toolkit.schema.annotations import MAX_CAPTION_CHARS
 
 __all__ = [
     'BrokenAnnotation',

@@ -11,8 +11,8 @@ spreads the media data evenly over the frames: a file cut in half keeps about ha
 FFmpeg bugs that crash or hang on a file cannot be made on demand, so they are simulated: the files of
 :func:`write_fault_videos` carry a marker that :func:`inject_fault` acts on (sleep forever, segfault,
 abort). It is called only where a test installs it as the decoder sandbox's hook (the environment variable
-``video.datasets.decode_sandbox.TEST_HOOK_ENV`` set to :data:`FAULT_HOOK`); without it the marker files
-are just undecodable files.
+``video.io.sandbox.TEST_HOOK_ENV`` set to :data:`FAULT_HOOK`); without it the marker files are just
+undecodable files.
 """
 
 from __future__ import annotations

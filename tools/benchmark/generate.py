@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
-from _common import (
-    CLIP_VOCAB_SIZE,
-    IdTokenizer,
-    build_mammut,
+from torch import Tensor
+
+from pretrain.benchmark import build_mammut
+from pretrain.models.generation import generate as generate_ids
+from toolkit.benchmark.captions import CLIP_VOCAB_SIZE, IdTokenizer
+from toolkit.benchmark.timing import (
     emit_json,
     interleaved_timings,
     log,
@@ -35,11 +38,10 @@ from _common import (
     set_threads,
     summarize,
 )
-from torch import Tensor
-
-from pretrain.models.generation import generate as generate_ids
 
 __all__ = ['main', 'parse_args']
+
+MAMMUT_CONFIG = Path(__file__).resolve().parents[2] / 'configs/_base_/models/mammut_vit-b16-dec12.py'
 
 SPEEDUP_TARGET = 3.0
 TINY = dict(batch_size=2, img_size=32, width=64, depth=2, repeats=2, warmup=1, vocab_size=512, new_tokens=8)
@@ -78,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = IdTokenizer(vocab_size=args.vocab_size, context_length=max(64, args.new_tokens + 1))
     seed_everything(args.seed)
     model = build_mammut(
-        tokenizer=tokenizer, img_size=args.img_size, width=args.width, depth=args.depth, num_heads=num_heads
+        MAMMUT_CONFIG,
+        tokenizer=tokenizer,
+        img_size=args.img_size,
+        width=args.width,
+        depth=args.depth,
+        num_heads=num_heads,
     )
     model = model.to(device).eval()
     decoder = model.text_decoder

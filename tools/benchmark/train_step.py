@@ -48,31 +48,32 @@ import argparse
 import statistics
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
-from _common import (
-    CLIP_VOCAB_SIZE,
-    REPO,
-    IdTokenizer,
-    build_mammut,
-    count_flops,
-    emit_json,
-    interleaved_timings,
-    log,
-    random_captions,
-    seed_everything,
-    set_threads,
-    summarize,
-)
 from mmengine.config import Config
 from mmengine.structures import BaseDataElement
 from torch import Tensor, nn
 
+from pretrain.benchmark import build_mammut
+from toolkit.benchmark.captions import CLIP_VOCAB_SIZE, IdTokenizer, random_captions
+from toolkit.benchmark.flops import count_flops
+from toolkit.benchmark.timing import (
+    emit_json,
+    interleaved_timings,
+    log,
+    seed_everything,
+    set_threads,
+    summarize,
+)
 from toolkit.registry import MODELS
 from toolkit.tokenizers import TextTokenizer
 
 __all__ = ['TrainStep', 'build_coca', 'main', 'parse_args']
+
+REPO = Path(__file__).resolve().parents[2]
+MAMMUT_CONFIG = REPO / 'configs/_base_/models/mammut_vit-b16-dec12.py'
 
 TIME_OVER_FLOP_TARGET = 1.05
 FLOPS_PER_S_TARGET = 1.0
@@ -303,10 +304,14 @@ def main(argv: list[str] | None = None) -> int:
     cross_layers = 0
     if 'mammut' in args.methods:
         seed_everything(args.seed)
-        two_pass = build_mammut(tokenizer=tokenizer, contrastive_only=False, **shape).to(device)
+        two_pass = build_mammut(MAMMUT_CONFIG, tokenizer=tokenizer, contrastive_only=False, **shape).to(
+            device
+        )
         steps['two_pass'] = _mammut_step(two_pass, data, args)
         seed_everything(args.seed)
-        contrastive = build_mammut(tokenizer=tokenizer, contrastive_only=True, **shape).to(device)
+        contrastive = build_mammut(MAMMUT_CONFIG, tokenizer=tokenizer, contrastive_only=True, **shape).to(
+            device
+        )
         steps['contrastive'] = _mammut_step(contrastive, data, args)
         cross_layers = len(two_pass.text_decoder.cross_layers)
         if not args.no_coca:

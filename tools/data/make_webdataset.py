@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from pretrain.datasets.image_text import ImageCaptionDataset
-from pretrain.datasets.webdataset import write_shard
+from pretrain.datasets.tar_shards import write_shard
 
 
 def _sample(index: int, record: dict[str, Any]) -> tuple[str, dict[str, bytes]]:

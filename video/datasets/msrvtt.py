@@ -27,7 +27,8 @@ from mmengine.dataset import BaseDataset
 from mmengine.logging import MMLogger
 
 from toolkit.registry import DATASETS
-from toolkit.schema import check_msrvtt_qa, check_msrvtt_videodatainfo, load_checked_json
+from toolkit.schema.annotations import check_msrvtt_qa, check_msrvtt_videodatainfo
+from toolkit.schema.files import load_checked_json
 from video.datasets.transforms import VideoDecodeError, read_frame_count
 
 __all__ = ['MSRVTTCaptionDataset', 'MSRVTTQADataset']

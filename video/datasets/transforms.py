@@ -7,12 +7,12 @@ cut into ``num_frames`` equal segments and one frame is taken from each, a rando
 call (nothing but arrays travels in ``results``), with decord (``get_batch``) or PyAV; PyAV demuxes the
 packets once and decodes only the GOPs that hold wanted frames, so both backends return the same frames.
 By default the decoder runs in a child process with a timeout per clip (``isolation='process'``, see
-:mod:`video.datasets.decode_sandbox`): a file that crashes or hangs FFmpeg costs one clip, not the run.
+:mod:`video.io.sandbox`): a file that crashes or hangs FFmpeg costs one clip, not the run.
 
-The frame count of an mp4/mov file is read from its header (the ``stsz`` box of the video track), which
-also shows a truncated file (its last box ends past the end of the file, or its index lists more sample
-bytes than its media data holds) without decoding anything; other containers are opened with PyAV, in the
-same sandbox.
+The frame count of an mp4/mov file is read from its header (:mod:`video.io.mp4`: the ``stsz`` box of the
+video track), which also shows a truncated file (its last box ends past the end of the file, or its index
+lists more sample bytes than its media data holds) without decoding anything; other containers are opened
+with PyAV, in the same sandbox.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from __future__ import annotations
 import os.path as osp
 import random
 import re
-import struct
-from collections.abc import Iterator
 from typing import Any
 
 import cv2
@@ -32,16 +30,16 @@ from mmengine.structures import BaseDataElement
 
 from toolkit.registry import TRANSFORMS
 from toolkit.skips import record_skip
-from video.datasets.decode_sandbox import (
-    DEFAULT_TIMEOUT,
+from video.io.decode import (
     VideoDecodeError,
     VideoDecoderCrashError,
     VideoDecodeTimeoutError,
     check_video_file,
     count_frames,
     decode_frames,
-    get_sandbox,
 )
+from video.io.mp4 import mp4_frame_count
+from video.io.sandbox import DEFAULT_TIMEOUT, get_sandbox
 
 __all__ = [
     'CenterCropVideo',
@@ -73,113 +71,6 @@ ISOLATIONS = ('process', 'none')
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _iter_boxes(buf: bytes, start: int, end: int, path: str) -> Iterator[tuple[bytes, int, int]]:
-    """(type, payload start, box end) of the ISO-BMFF boxes in ``buf[start:end]``."""
-    while start + 8 <= end:
-        size, box_type = struct.unpack_from('>I4s', buf, start)
-        header = 8
-        if size == 1:
-            if start + 16 > end:
-                raise VideoDecodeError(f'{path}: corrupt header (box {box_type!r} at byte {start} overruns)')
-            (size,) = struct.unpack_from('>Q', buf, start + 8)
-            header = 16
-        elif size == 0:
-            size = end - start
-        if size < header or start + size > end:
-            raise VideoDecodeError(f'{path}: corrupt header (box {box_type!r} at byte {start} overruns)')
-        yield box_type, start + header, start + size
-        start += size
-
-
-def _child(buf: bytes, start: int, end: int, box_type: bytes, path: str) -> tuple[int, int] | None:
-    for typ, payload, box_end in _iter_boxes(buf, start, end, path):
-        if typ == box_type:
-            return payload, box_end
-    return None
-
-
-def _video_sample_bytes(moov: bytes, stsz: tuple[int, int], count: int, path: str) -> int:
-    """Bytes of the ``count`` samples an ``stsz`` box lists (one size for all, or one entry each)."""
-    (sample_size,) = struct.unpack_from('>I', moov, stsz[0] + 4)
-    if sample_size:
-        return int(sample_size) * count
-    if stsz[1] - stsz[0] < 12 + 4 * count:
-        raise VideoDecodeError(f'{path}: corrupt header (sample size table shorter than {count} entries)')
-    return int(np.frombuffer(moov, dtype='>u4', count=count, offset=stsz[0] + 12).sum(dtype=np.int64))
-
-
-def _mp4_frame_count(path: str, file_size: int) -> int | None:
-    """Samples in the first video track of an mp4/mov file, or ``None`` if it is not one we can read.
-
-    Two signs of a cut or rewritten file are checked on the way: a top-level box that ends past the end of
-    the file, and a video track whose samples need more bytes than all the media data (``mdat``) holds
-    (a file cut inside ``mdat`` whose box sizes were made to fit again).
-    """
-    moov: bytes | None = None
-    media_bytes = 0
-    with open(path, 'rb') as f:
-        offset, first = 0, True
-        while offset < file_size:
-            f.seek(offset)
-            head = f.read(16)
-            if len(head) < 8:
-                raise VideoDecodeError(f'{path}: truncated (partial box header at byte {offset})')
-            size, box_type = struct.unpack_from('>I4s', head)
-            if first and box_type != b'ftyp':
-                return None  # not ISO-BMFF: let PyAV probe it
-            first = False
-            header = 8
-            if size == 1:
-                if len(head) < 16:
-                    raise VideoDecodeError(f'{path}: truncated (partial box header at byte {offset})')
-                (size,) = struct.unpack_from('>Q', head, 8)
-                header = 16
-            elif size == 0:
-                size = file_size - offset
-            if size < header:
-                raise VideoDecodeError(f'{path}: corrupt header (box {box_type!r} of size {size})')
-            if offset + size > file_size:
-                raise VideoDecodeError(
-                    f'{path}: truncated (box {box_type.decode("latin-1")!r} ends at byte {offset + size}, '
-                    f'the file has {file_size} bytes)'
-                )
-            if box_type == b'moov':
-                f.seek(offset + header)
-                moov = f.read(size - header)
-            elif box_type == b'mdat':
-                media_bytes += size - header
-            offset += size
-    if moov is None:
-        raise VideoDecodeError(f'{path}: no "moov" box (incomplete recording or not a video)')
-    for typ, trak, trak_end in _iter_boxes(moov, 0, len(moov), path):
-        if typ != b'trak':
-            continue
-        mdia = _child(moov, trak, trak_end, b'mdia', path)
-        hdlr = mdia and _child(moov, *mdia, b'hdlr', path)
-        if not mdia or not hdlr or moov[hdlr[0] + 8 : hdlr[0] + 12] != b'vide':
-            continue
-        minf = _child(moov, *mdia, b'minf', path)
-        stbl = minf and _child(moov, *minf, b'stbl', path)
-        if not stbl:
-            return None
-        for name in (b'stsz', b'stz2'):
-            box = _child(moov, *stbl, name, path)
-            if box and box[1] - box[0] >= 12:
-                count = int(struct.unpack_from('>I', moov, box[0] + 8)[0])
-                if count <= 0:
-                    return None  # 0: fragmented mp4, count the packets
-                if name == b'stsz':
-                    need = _video_sample_bytes(moov, box, count, path)
-                    if need > media_bytes:
-                        raise VideoDecodeError(
-                            f'{path}: truncated (the header lists {count} frames of {need} bytes, the media '
-                            f'data holds {media_bytes} bytes)'
-                        )
-                return count
-        return None
-    return None
-
-
 def read_frame_count(path: str, *, isolation: str = 'process', timeout: float = DEFAULT_TIMEOUT) -> int:
     """Number of frames of the first video stream of ``path``, without decoding.
 
@@ -192,7 +83,7 @@ def read_frame_count(path: str, *, isolation: str = 'process', timeout: float = 
     if isolation not in ISOLATIONS:
         raise ValueError(f'isolation must be one of {ISOLATIONS}, got {isolation!r}')
     check_video_file(path)
-    count = _mp4_frame_count(path, osp.getsize(path))
+    count = mp4_frame_count(path, osp.getsize(path))
     if count is not None:
         return count
     if isolation == 'process':
@@ -312,7 +203,7 @@ class DecodeVideo(BaseTransform):
     this instance (one per data-loader worker process).
 
     With ``isolation='process'`` (default) the decoder runs in a child process of each (worker) process
-    (:mod:`video.datasets.decode_sandbox`): a decoder that crashes on a file raises
+    (:mod:`video.io.sandbox`): a decoder that crashes on a file raises
     :class:`VideoDecoderCrashError`, one that takes longer than ``timeout`` seconds is killed and raises
     :class:`VideoDecodeTimeoutError`, both subclasses of :class:`VideoDecodeError` under the same
     ``on_error`` policy; the next clip gets a fresh decoder. The cost, measured on a loaded 2-core machine:

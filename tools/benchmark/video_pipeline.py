@@ -1,6 +1,7 @@
 """Video pipeline speed: clip decoding (ours vs mmaction2 vs raw decord) and, later, video encoding.
 
-``python tools/benchmark/video.py [--part decode] [--videos DIR] [--frames 8 16 32] [--repeats 10] ...``
+``python tools/benchmark/video_pipeline.py [--part decode] [--videos DIR] [--frames 8 16 32] [--repeats 10]
+...``
 
 Decode part (:func:`run_decode`). On the same mp4 files, for 8, 16 and 32 frames per clip, side by side
 (after warm-up rounds; per file the median over the rounds, summed over the files):
@@ -45,28 +46,27 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from _common import (
-    REPO,
-    IdTokenizer,
-    count_flops,
+
+from toolkit.benchmark.captions import IdTokenizer
+from toolkit.benchmark.flops import count_flops
+from toolkit.benchmark.timing import (
     emit_json,
-    import_repo_module,
     interleaved_timings,
     log,
     seed_everything,
     set_threads,
     summarize,
 )
+from video.datasets.transforms import DecodeVideo, SampleFrames
 
 __all__ = ['main', 'parse_args', 'run_decode', 'run_encode']
 
-
-_transforms = import_repo_module('video.datasets.transforms')
-DecodeVideo, SampleFrames = _transforms.DecodeVideo, _transforms.SampleFrames
+REPO = Path(__file__).resolve().parents[2]
 
 TARGET_VS_MMACTION2 = 1.0
 TARGET_VS_RAW_DECORD = 0.9

@@ -1,12 +1,12 @@
-"""Schema checks of annotation files (COCO instances and captions, LVIS v1, MSR-VTT and MSRVTT-QA), and the
-pre-flight scan of the files they reference.
+"""Schema checks of annotation files: COCO instances and captions, LVIS v1, MSR-VTT and MSRVTT-QA (loading a
+file and the pre-flight scan of the files it references: :mod:`toolkit.schema.files`).
 
 Why a check of its own: the loaders downstream (pycocotools, ``lvis``, mmdet's ``parse_data_info``) index
 into the JSON without looking, so a malformed file fails as a bare ``KeyError: 'bbox'`` somewhere inside
 them, or worse, trains on it: a box of negative size becomes a NaN loss hours later, an annotation of an
 unknown image is silently never seen. Every check here runs once, when the data set is built, and the first
-problem raises :class:`SchemaError` naming the file, the record (``annotations[17] (id 123)``), the key and
-what was expected.
+problem raises :class:`~toolkit.schema.base.SchemaError` naming the file, the record
+(``annotations[17] (id 123)``), the key and what was expected.
 
 Decisions, shared by all formats:
 
@@ -35,138 +35,23 @@ annotation, so the parse weighs more and the share is smaller.
 
 from __future__ import annotations
 
-import os
-import os.path as osp
-from collections import defaultdict
-from collections.abc import Callable, Container, Iterable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any
+
+from toolkit.schema.base import _MISSING, _NUMBER, _File, _name, _short, _type_name, check_relative_path
 
 __all__ = [
     'DEFAULT_BBOX_TOLERANCE',
     'MAX_CAPTION_CHARS',
-    'SchemaError',
     'check_coco_captions',
     'check_coco_instances',
-    'check_files_exist',
     'check_lvis',
     'check_msrvtt_qa',
     'check_msrvtt_videodatainfo',
-    'check_relative_path',
-    'load_checked_json',
-    'load_json',
 ]
 
 MAX_CAPTION_CHARS = 10_000
 DEFAULT_BBOX_TOLERANCE = 1.0
-_NUMBER = (int, float)  # JSON numbers; ``type(x) in _NUMBER`` also excludes bool
-_MISSING = object()
-_LISTED_DIR_MIN = 32  # referenced files in one folder from which one directory listing beats one stat each
-
-
-class SchemaError(ValueError):
-    """A malformed annotation file. ``file``, ``record`` and ``key`` say where (``key`` is None when the
-    record itself is wrong); the message says that and what was expected.
-
-    Constructible from the message alone, as DataLoader workers re-raise exceptions.
-    """
-
-    def __init__(self, message: str, *, file: str = '', record: str = '', key: str | None = None) -> None:
-        super().__init__(message)
-        self.file, self.record, self.key = file, record, key
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    """``repr`` of a value cut to ``limit`` characters (a huge caption must not flood the message)."""
-    text = repr(value)
-    return text if len(text) <= limit else f'{text[:limit]}... ({len(text)} characters)'
-
-
-def _name(list_key: str, index: int, record: Any, id_key: str = 'id') -> str:
-    """``annotations[17] (id 123)``: the record's place and, when it has a usable one, its id."""
-    rec_id = record.get(id_key) if isinstance(record, dict) else None
-    return (
-        f'{list_key}[{index}] ({id_key} {_short(rec_id, 40)})'
-        if type(rec_id) in (int, str)
-        else f'{list_key}[{index}]'
-    )
-
-
-def _type_name(value: Any) -> str:
-    return 'nothing (key missing)' if value is _MISSING else f'{type(value).__name__} {_short(value)}'
-
-
-class _File:
-    """The checks' access to one file's name, for messages."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, record: str, key: str | None, problem: str) -> NoReturn:
-        where = record if key is None else f'{record}, key {key!r}'
-        raise SchemaError(f'{self.source}: {where}: {problem}', file=self.source, record=record, key=key)
-
-    def records(self, ann: Any, key: str, what: str) -> list[Any]:
-        """``ann[key]``, which must be a list (of objects: each loop checks its own)."""
-        if not isinstance(ann, dict):
-            self.fail('top level', None, f'expected an object with {key!r}, got {type(ann).__name__}')
-        value = ann.get(key, _MISSING)
-        if type(value) is not list:
-            self.fail('top level', key, f'expected a list of {what}, got {_type_name(value)}')
-        return value
-
-    def duplicates(
-        self,
-        list_key: str,
-        records: Sequence[Any],
-        ids: list[Any],
-        id_key: str = 'id',
-        positions: list[int] | None = None,
-    ) -> None:
-        """Fail on the second record of a repeated id. ``ids`` are in record order, one per record, or, where
-        the id is optional, one per record at ``positions``."""
-        if len(set(ids)) == len(ids):
-            return
-        first: dict[Any, int] = {}
-        for n, rec_id in enumerate(ids):
-            index = n if positions is None else positions[n]
-            if rec_id in first:
-                self.fail(
-                    _name(list_key, index, records[index], id_key),
-                    id_key,
-                    f'duplicate {id_key} {rec_id!r} (also {list_key}[{first[rec_id]}])',
-                )
-            first[rec_id] = index
-
-    def known_id(self, record: str, key: str, value: Any, known: Container[Any], section: str) -> None:
-        """An integer id listed in ``section`` (``known``: its ids; ``key`` is e.g. ``'image_id'``)."""
-        if type(value) is not int:
-            self.fail(record, key, f'expected an integer id, got {_type_name(value)}')
-        if value not in known:
-            what = key.removesuffix('_id')
-            self.fail(record, key, f'{value} is not an id in "{section}" (unknown {what} id)')
-
-    def text(self, record: str, key: str, value: Any, max_chars: int) -> None:
-        """A non-empty string of at most ``max_chars`` characters."""
-        if type(value) is not str:
-            self.fail(record, key, f'expected a string, got {_type_name(value)}')
-        if not value or value.isspace():
-            self.fail(record, key, f'expected a non-empty text, got {value!r}')
-        if len(value) > max_chars:
-            self.fail(record, key, f'text of {len(value)} characters exceeds max_caption_chars={max_chars}')
-
-
-def check_relative_path(name: Any) -> str | None:
-    """Why ``name`` is not a usable relative path inside a data root, or None when it is."""
-    if type(name) is not str:
-        return f'expected a string path, got {_type_name(name)}'
-    if not name:
-        return 'expected a file name, got an empty string'
-    norm = name.replace('\\', '/')
-    if norm.startswith('/') or osp.isabs(name) or (len(norm) > 1 and norm[1] == ':'):
-        return f'{name!r} escapes the data root (an absolute path; expected one relative to it)'
-    if '..' in norm and '..' in norm.split('/'):
-        return f'{name!r} escapes the data root (a ".." component; expected a path inside it)'
-    return None
 
 
 # ---------------------------------------------------------------------------------------------- pieces
@@ -480,99 +365,3 @@ def check_msrvtt_qa(ann: Any, *, source: str, max_caption_chars: int = MAX_CAPTI
         if 'category_id' in qa and type(qa['category_id']) is not int:
             f.fail(record, 'category_id', f'expected an integer, got {_type_name(qa["category_id"])}')
     f.duplicates('', ann, ids)
-
-
-# ---------------------------------------------------------------------------------------------- loading
-def load_json(path: str, *, backend_args: dict[str, Any] | None = None) -> Any:
-    """Parse a JSON file (through an mmengine file backend when ``backend_args`` names one); a missing file
-    raises FileNotFoundError and invalid JSON a SchemaError, each naming the file."""
-    from mmengine.fileio import get_local_path
-
-    if backend_args is None and '://' not in path and not osp.isfile(path):
-        raise FileNotFoundError(f'annotation file {path} does not exist')
-    import json
-
-    with get_local_path(path, backend_args=backend_args) as local_path, open(local_path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as err:
-            raise SchemaError(f'{path}: not valid JSON ({err})', file=path, record='top level') from None
-
-
-def load_checked_json(
-    path: str, check: Callable[..., None], *, backend_args: dict[str, Any] | None = None, **options: Any
-) -> Any:
-    """:func:`load_json` then ``check(ann, source=path, **options)``; the parsed JSON."""
-    ann = load_json(path, backend_args=backend_args)
-    check(ann, source=path, **options)
-    return ann
-
-
-# ---------------------------------------------------------------------------------------------- pre-flight
-def _existing(paths: Iterable[str]) -> set[str]:
-    """Those of ``paths`` that are files. A folder holding many of them is listed once instead of stat-ing
-    each file: on network file systems (NFS, Lustre) a stat is a round trip, a listing one for thousands."""
-    by_dir: dict[str, list[str]] = defaultdict(list)
-    for path in paths:
-        by_dir[osp.dirname(path)].append(path)
-    found: set[str] = set()
-    for folder, members in by_dir.items():
-        if len(members) < _LISTED_DIR_MIN:
-            found.update(p for p in members if osp.isfile(p))
-            continue
-        try:
-            with os.scandir(folder or '.') as entries:
-                files = {entry.name for entry in entries if entry.is_file()}
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        found.update(p for p in members if osp.basename(p) in files)
-    return found
-
-
-def check_files_exist(
-    records: list[dict[str, Any]],
-    *,
-    ann_file: str,
-    path_key: str = 'img_path',
-    id_key: str = 'img_id',
-    kind: str = 'image',
-    on_missing: str = 'raise',
-) -> list[dict[str, Any]]:
-    """The pre-flight scan: every ``record[path_key]`` must be a file, checked when the data set is built
-    (a stat or a directory listing, never a read), so a missing file fails now and not mid-epoch.
-
-    A missing file raises FileNotFoundError naming ``ann_file``, the record (``{kind} id ...``) and the
-    path; with ``on_missing='skip'`` its records are dropped and each counted with
-    :func:`toolkit.skips.record_skip`. Remote paths (``s3://...``) cannot be stat-ed: the data set's
-    ``check_files=False`` turns the scan off for remote storage. Returns the kept records.
-    """
-    if on_missing not in ('raise', 'skip'):
-        raise ValueError(f"on_missing must be 'raise' or 'skip', got {on_missing!r}")
-    paths = [record[path_key] for record in records]
-    remote = next((p for p in paths if '://' in p), None)
-    if remote is not None:
-        raise ValueError(
-            f'{ann_file}: cannot check that the remote file {remote} exists; '
-            'set check_files=False for remote storage'
-        )
-    found = _existing(paths)
-    if len(found) == len(set(paths)):
-        return records
-    from toolkit.skips import record_skip
-
-    kept = []
-    for record in records:
-        path = record[path_key]
-        if path in found:
-            kept.append(record)
-            continue
-        if on_missing == 'raise':
-            raise FileNotFoundError(
-                f'{ann_file}: {kind} {path} ({kind} id {record.get(id_key)!r}) does not exist '
-                "(on_missing='skip' drops such records, counted; check_files=False skips this scan, "
-                'for remote storage)'
-            )
-        record_skip(kind, path, f'does not exist (listed in {ann_file})', record_id=record.get(id_key))
-    if not kept:
-        raise FileNotFoundError(f'{ann_file}: none of the {len(records)} {kind} files exists')
-    return kept

