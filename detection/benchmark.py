@@ -233,15 +233,36 @@ def make_inputs(model: Any, *, size: list[int], names: tuple[str, ...], seed: in
     return data['inputs'], data['data_samples']
 
 
-def make_predict(model: Any, inputs: Any, samples: list[Any], amp: str) -> Callable[[], Any]:
+def make_predict(
+    model: Any, inputs: Any, samples: list[Any], amp: str, vocabulary: Any = None
+) -> Callable[[], Any]:
+    """One detection call: ``model.predict`` (the samples' names encoded in the call), or, with an encoded
+    ``vocabulary`` (:meth:`encode_vocabulary`), ``model.predict_vocabulary`` as the inferencer runs a
+    vocabulary it has cached."""
     dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(amp)
 
     def run() -> Any:
         autocast = torch.autocast('cuda', dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
+            if vocabulary is not None:
+                return model.predict_vocabulary(inputs, samples, vocabulary)
             return model.predict(inputs, samples)
 
     return run
+
+
+class TextPassCounter:
+    """Counts the MaMMUT detector's text-embedding calls (one batched text-decoder pass over a vocabulary)."""
+
+    def __init__(self, model: Any) -> None:
+        self.count = 0
+        embed = model.text_embeddings
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return embed(*args, **kwargs)
+
+        model.text_embeddings = counted
 
 
 def prompt_tokens(name: str, model: Any, names: tuple[str, ...]) -> dict[str, int]:

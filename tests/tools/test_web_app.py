@@ -27,6 +27,7 @@ import pytest
 from PIL import Image
 
 from toolkit.testing.browser import browser_missing, full_page_screenshot, headless_chromium
+from toolkit.testing.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 DET_CONFIG = 'configs/fiber/fiber_swin-tiny-roberta-tiny_fpn-dyhead_1xb16-24e_shapes-ov.py'
@@ -293,8 +294,8 @@ def test_the_page_stays_local_and_bounded(app_url: str) -> None:
 
 
 def test_one_model_call_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(REPO / 'tools' / 'demo'))
-    from app_models import ModelGate, ServerBusy
+    app_models = load_script(REPO / 'tools/demo/app_models.py')
+    ModelGate, ServerBusy = app_models.ModelGate, app_models.ServerBusy
 
     gate = ModelGate(max_waiting=8, timeout=30)
     active, peak, lock = [0], [0], threading.Lock()

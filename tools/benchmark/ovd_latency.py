@@ -56,14 +56,14 @@ boxes pass ``score_thr``). Both DyHeads run mmcv's compiled ``ModulatedDeformCon
 ``dcn_impl='mmcv'``, or ``--dcn-impl torch`` for our PyTorch version). Rounds are interleaved (fiber_t,
 glip_t, fiber_b, mammut_b, rotating; :func:`toolkit.benchmark.timing.interleaved_timings`) after ``--warmup``
 rounds; median and IQR, the ratio of the medians and, as a check, the median of the per-round ratios.
-MaMMUT's text cache is filled by the first (untimed) call, so its timed calls are the usual warm ones.
+MaMMUT's vocabulary is encoded before the timed calls (``predict_vocabulary``, as the inferencer runs a
+cached vocabulary), so they are the usual warm ones.
 
 Vocabulary (skipped with ``--no-vocab``): ``mammut_b`` on the same image with the 48 COCO-OV base names and
 with 1,203 LVIS-sized names (distinct whole words of bert-base-uncased's vocabulary drawn with ``--seed``, 1-3
-words each), each warm (embeddings cached) and cold (the text cache emptied just before the call and restored
-after it: the call embeds the whole vocabulary), the four interleaved as above after one untimed call per
-vocabulary (which fills the cache) and no warm-up rounds; ``text_passes_*`` are the text-decoder passes
-(``model.text_passes``) during each one's timed calls: 0 when warm.
+words each), each warm (encoded before: ``predict_vocabulary``) and cold (``predict``: the call embeds the
+whole vocabulary), the four interleaved as above after one untimed call per vocabulary and no warm-up rounds;
+``text_passes_*`` are the text-embedding passes during each one's timed calls: 0 when warm.
 
 Memory (``--memory``): ``peak_mem_mib`` = weights (parameters + buffers) + the peak growth during one
 ``predict`` (MaMMUT's first: its text pass included). On CUDA: ``torch.cuda.max_memory_allocated`` minus what
@@ -71,7 +71,7 @@ was allocated before the call. On CPU: in a fresh subprocess that builds only th
 (``VmHWM``, reset through ``/proc/self/clear_refs`` after the build) during its first ``predict`` minus the
 RSS after the build.
 
-FLOPs: forward FLOPs of one untimed ``predict`` (MaMMUT's with its text cache filled) counted by
+FLOPs: forward FLOPs of one untimed call (MaMMUT's with its vocabulary encoded before) counted by
 ``torch.utils.flop_counter``, plus 2 * Cout * Cin * 9 * Ho * Wo for every mmcv modulated deformable conv (the
 counter cannot see its compiled kernel). ``--profile N`` adds a per-stage time breakdown (forward hooks) and
 torch.profiler's top-N ops.
@@ -105,6 +105,7 @@ from detection.benchmark import (
     GLIP_CONFIG,
     GLIP_VARIANT,
     LVIS_VOCAB,
+    TextPassCounter,
     build_fiber,
     build_glip,
     build_mammut,
@@ -246,22 +247,15 @@ def _memory_worker(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ vocabulary
-def _vocab_call(model: Any, run: Callable[[], Any], *, cold: bool, passes: dict[str, int], key: str) -> Any:
-    """``run`` counting the text passes into ``passes[key]``; ``cold``: with the text cache emptied before
-    the call and restored after it."""
+def _vocab_call(run: Callable[[], Any], counter: TextPassCounter, passes: dict[str, int], key: str) -> Any:
+    """``run`` counting the text passes into ``passes[key]``."""
 
     def call() -> Any:
-        saved = dict(model._txt_cache) if cold else {}
-        if cold:
-            model._txt_cache.clear()
-        before = model.text_passes
+        before = counter.count
         try:
             return run()
         finally:
-            passes[key] += model.text_passes - before
-            if cold:
-                model._txt_cache.clear()
-                model._txt_cache.update(saved)
+            passes[key] += counter.count - before
 
     return call
 
@@ -269,23 +263,30 @@ def _vocab_call(model: Any, run: Callable[[], Any], *, cold: bool, passes: dict[
 def vocabulary_timings(
     model: Any, args: argparse.Namespace, *, base_names: tuple[str, ...], tokenizer_dir: Path
 ) -> dict[str, Any]:
-    """The MaMMUT detector with the 48 COCO-OV base names and 1,203 LVIS-sized names, warm and cold."""
+    """The MaMMUT detector with the 48 COCO-OV base names and 1,203 LVIS-sized names, warm (the vocabulary
+    encoded before, as the inferencer's cache keeps it) and cold (encoded in the call)."""
     vocabularies = {'48': base_names, str(LVIS_VOCAB): lvis_sized_names(tokenizer_dir, seed=args.seed)}
+    counter = TextPassCounter(model)
     passes: dict[str, int] = {}
     calls: dict[str, Callable[[], Any]] = {}
     details: dict[str, Any] = {}
     for size, vocab in vocabularies.items():
         inputs, samples = make_inputs(model, size=args.size, names=vocab, seed=args.seed)
-        run = make_predict(model, inputs, samples, args.amp)
+        with torch.inference_mode():
+            encoded = model.encode_vocabulary(vocab)
+        runs = {
+            'warm': make_predict(model, inputs, samples, args.amp, vocabulary=encoded),
+            'cold': make_predict(model, inputs, samples, args.amp),
+        }
         details[f'vocab_{size}'] = {
             'names': len(vocab),
             'tokens': prompt_tokens('mammut_b', model, vocab),
-            'detections': len(run()[0].pred_instances),  # this call fills the cache for the warm runs
+            'detections': len(runs['warm']()[0].pred_instances),
         }
-        for state in ('warm', 'cold'):
+        for state, run in runs.items():
             key = f'vocab_{size}_{state}'
             passes[key] = 0
-            calls[key] = _vocab_call(model, run, cold=state == 'cold', passes=passes, key=key)
+            calls[key] = _vocab_call(run, counter, passes, key)
     times = interleaved_timings(
         calls,
         repeats=args.repeats,
@@ -365,8 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in MODEL_NAMES:
             log(f'building {name}')
             model = models[name] = build_model(name, args, tokenizer_dir=tokenizer_dir, bert_dir=bert_dir)
+            if name == 'mammut_b':
+                text_passes = TextPassCounter(model)
             inputs, samples = make_inputs(model, size=args.size, names=names, seed=args.seed)
-            runs[name] = make_predict(model, inputs, samples, args.amp)
+            # MaMMUT's usual case: the names encoded before (the inferencer's cache), as FIBER's prompt is
+            vocabulary = model.encode_vocabulary(names) if name == 'mammut_b' else None
+            runs[name] = make_predict(model, inputs, samples, args.amp, vocabulary=vocabulary)
             text = {'glip_t': 'language_model', 'mammut_b': 'vlm.text_decoder'}.get(name, 'backbone.text')
             report[name] = {
                 'params_m': _num_params(model),
@@ -374,8 +379,6 @@ def main(argv: list[str] | None = None) -> int:
                 'tokens': prompt_tokens(name, model, names),
                 'input_shape': list(inputs.shape),
             }
-        with torch.inference_mode():  # MaMMUT's usual case: the names' embeddings cached before
-            models['mammut_b'].text_embeddings(names)
         for name, run in runs.items():  # one untimed call each: FLOPs and the number of detections
             if args.flops:
                 report[name]['gflops'], out = forward_gflops(models[name], run)
@@ -407,7 +410,6 @@ def main(argv: list[str] | None = None) -> int:
             vocab = vocabulary_timings(
                 models['mammut_b'], args, base_names=base_names, tokenizer_dir=tokenizer_dir
             )
-        text_passes = models['mammut_b'].text_passes
     ratio = report['fiber_t']['median_ms'] / report['glip_t']['median_ms']
     paired = statistics.median(f / g for f, g in zip(times['fiber_t'], times['glip_t'], strict=True))
     met = ratio <= TARGET_RATIO
@@ -419,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio_paired_median=round(paired, 4),
         ratio_mammut_b_over_glip_t=round(mammut / report['glip_t']['median_ms'], 4),
         ratio_mammut_b_over_fiber_t=round(mammut / report['fiber_t']['median_ms'], 4),
-        mammut_b_text_passes=text_passes,  # over the whole run: once per new vocabulary (cold runs included)
+        mammut_b_text_passes=text_passes.count,  # over the whole run: each encoding and each cold call
         target_met=met,
         models=report,
         config={
