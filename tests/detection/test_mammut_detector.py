@@ -222,33 +222,47 @@ def test_loss_falls_on_a_tiny_batch() -> None:
     assert last < 0.5 * first
 
 
-# ------------------------------------------------------------------------------------------------ text cache
-def test_text_embeddings_are_computed_once_per_name_and_dropped_on_load() -> None:
+# ------------------------------------------------------------------------------------------- vocabulary
+def test_text_embeddings_batched_templates_averaged_and_nothing_cached() -> None:
     model = _model().eval()
     many = tuple(f'thing {i}' for i in range(1203))
+    calls: list[int] = []
+    encode = model.vlm.encode_text
+    model.vlm.encode_text = lambda texts: calls.append(len(texts)) or encode(texts)
     first = model.text_embeddings(many)
-    assert model.text_passes == 1 and first.shape == (1203, model.vlm.embed_dim)
-    again = model.text_embeddings(many[::-1])
-    assert model.text_passes == 1
-    torch.testing.assert_close(again, first.flip(0))
+    assert first.shape == (1203, model.vlm.embed_dim) and max(calls) <= 256
+    assert sum(calls) == 1203 * len(model.templates)
+    torch.testing.assert_close(model.text_embeddings(many[::-1]), first.flip(0))
     torch.testing.assert_close(first.norm(dim=-1), torch.ones(1203))
-    # Predicting many images with the same vocabulary runs no text pass.
+    # An encoded vocabulary serves any number of predictions without a text pass; predict() encodes its own.
+    vocabulary = model.encode_vocabulary(many[:48])
+    calls.clear()
     data = _batch(model, [_sample([], [], names=many[:48]) for _ in range(3)], training=False)
     with torch.no_grad():
-        model.predict(data['inputs'], data['data_samples'])
-        model.predict(data['inputs'], data['data_samples'])
-    assert model.text_passes == 1
-    # Templates are averaged; new weights drop the cache.
+        by_vocabulary = model.predict_vocabulary(data['inputs'], data['data_samples'], vocabulary)
+        assert calls == []
+        by_predict = model.predict(data['inputs'], data['data_samples'])
+    assert sum(calls) == 48 * len(model.templates)
+    for a, b in zip(by_vocabulary, by_predict, strict=True):
+        torch.testing.assert_close(a.pred_instances.scores, b.pred_instances.scores)
+    # Nothing is kept in the model: new weights give new embeddings at once.
     state = {
         k: v + 0.01 * torch.randn_like(v) for k, v in model.state_dict().items() if v.is_floating_point()
     }
     model.load_state_dict(state, strict=False)
     changed = model.text_embeddings(many[:2])
-    assert model.text_passes == 2 and not torch.allclose(changed, first[:2])
-    direct = F.normalize(
-        model.vlm.encode_text([format_name(t, n) for n in many[:2] for t in model.templates]), dim=-1
-    )
+    assert not torch.allclose(changed, first[:2])
+    direct = F.normalize(encode([format_name(t, n) for n in many[:2] for t in model.templates]), dim=-1)
     torch.testing.assert_close(changed, direct)
+
+
+def test_encode_vocabulary_checks_the_names() -> None:
+    model = _model().eval()
+    with pytest.raises(ValueError, match='no names'):
+        model.encode_vocabulary([])
+    with pytest.raises(ValueError, match=r"\['dog'\] appear more than once"):
+        model.encode_vocabulary(['dog', 'cat', 'dog'])
+    assert model.encode_vocabulary(['dog', 'cat']).encoding.shape == (2, model.vlm.embed_dim)
 
 
 # ------------------------------------------------------------------------------------------------ predict
@@ -301,7 +315,7 @@ def test_ensemble_blends_detector_and_region_probabilities_per_base_or_novel_nam
     rois = torch.tensor([[0, 2.0, 3.0, 40.0, 30.0], [0, 10.0, 10.0, 60.0, 60.0]])
     probs = torch.softmax(torch.randn(2, len(NAMES) + 1), dim=-1)
     with torch.no_grad():
-        blended = model.ensemble_probs(images, rois, probs, NAMES)
+        blended = model.ensemble_probs(images, rois, probs, model.encode_vocabulary(NAMES))
         region = model.region_embeddings(images, rois)
     txt_emb = model.text_embeddings(NAMES)
     vlm = (model.vlm.current_logit_scale() * region @ txt_emb.t()).softmax(dim=-1)
