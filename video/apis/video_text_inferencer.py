@@ -23,7 +23,7 @@ import dataclasses
 import os
 import os.path as osp
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from mmengine.config import Config
 from mmengine.dataset import Compose, pseudo_collate
 from torch import Tensor
 
+from pretrain.models.mammut import MaMMUT
 from toolkit.apis import init_model
 from toolkit.registry import TRANSFORMS
 from video.datasets.transforms import DecodeVideo, PackVideoTextInputs
@@ -151,14 +152,15 @@ class VideoTextInferencer:
         device: str | torch.device = 'cpu',
         cfg_options: Mapping[str, Any] | None = None,
     ) -> None:
-        self.model = init_model(config, checkpoint, device=device, cfg_options=cfg_options)
-        cfg = self.model.cfg
-        if getattr(self.model, 'video_tokenizer', None) is None or not hasattr(self.model, 'encode_image'):
+        model = init_model(config, checkpoint, device=device, cfg_options=cfg_options)
+        cfg = cast(Config, model.cfg)
+        if not isinstance(model, MaMMUT) or model.video_tokenizer is None:
             raise ValueError(
-                f'config {cfg.filename} builds a {type(self.model).__name__} without a video tokenizer; '
+                f'config {cfg.filename} builds a {type(model).__name__} without a video tokenizer; '
                 'VideoTextInferencer needs a MaMMUT video model (e.g. '
                 'configs/mammut/mammut_tubevit-tiny-dec4_1xb32-40e_shapes-vid.py)'
             )
+        self.model = model
         self.before_decode, self.decode, self.after_decode, self.pack = self._split_pipeline(cfg)
 
     @staticmethod
@@ -182,16 +184,18 @@ class VideoTextInferencer:
 
     @property
     def device(self) -> torch.device:
-        return self.model.logit_scale.device
+        """The model's device."""
+        return self.model.logit_scale.device  # a parameter: on the model's device
 
     # ------------------------------------------------------------------------------------------ inputs
     def _sources(self, clips: ClipInput | Sequence[ClipInput]) -> list[_Source]:
         """Expand ``clips`` into one source per clip, checking what can be checked without decoding."""
-        if isinstance(clips, str | os.PathLike | np.ndarray | PreparedClip):
-            items: list[Any] = [clips]
-        else:
-            items = list(clips)
+        items: list[Any]
         if isinstance(clips, np.ndarray) and clips.ndim == 5:  # (N, T, H, W, 3): N clips
+            items = list(clips)
+        elif isinstance(clips, str | os.PathLike | np.ndarray | PreparedClip):
+            items = [clips]
+        else:
             items = list(clips)
         if not items:
             raise VideoInputError('clips', 'no clips given')
@@ -219,14 +223,16 @@ class VideoTextInferencer:
                 raise VideoInputError(
                     path, f'the folder holds no video files ({", ".join(VIDEO_EXTENSIONS)})'
                 )
-            return list(files)
+            return list[_Source](files)
         if not osp.exists(path):
             raise VideoInputError(path, 'no such file or folder')
         return [path]
 
     @staticmethod
     def _name(source: _Source) -> str:
-        return source if isinstance(source, str) else getattr(source, 'source', None) or source[0]
+        if isinstance(source, PreparedClip):
+            return source.source
+        return source if isinstance(source, str) else source[0]
 
     def _run_pipeline(self, source: _Source) -> PreparedClip:
         if isinstance(source, PreparedClip):
