@@ -30,7 +30,9 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint's keys or shapes do not fit the model; the message names the file and the keys."""
 
 
-def load_config(config: str | os.PathLike[str] | Config, cfg_options: Mapping[str, Any] | None = None) -> Config:
+def load_config(
+    config: str | os.PathLike[str] | Config, cfg_options: Mapping[str, Any] | None = None
+) -> Config:
     """A config from a path (or a copy of a ``Config``) with ``cfg_options`` merged in
     (``{'model.test_cfg.rcnn.score_thr': 0.1}``, as ``--cfg-options``)."""
     if isinstance(config, Config):
@@ -62,8 +64,11 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike[str]) -> None:
     if missing or unexpected or wrong_shape:
         parts = [
             f'{len(items)} {what}: {", ".join(items[:5])}{", ..." if len(items) > 5 else ""}'
-            for what, items in (('missing keys', missing), ('unexpected keys', unexpected),
-                                ('shapes differ', wrong_shape))  # fmt: skip
+            for what, items in (
+                ('missing keys', missing),
+                ('unexpected keys', unexpected),
+                ('shapes differ', wrong_shape),
+            )
             if items
         ]
         raise CheckpointMismatchError(
