@@ -369,7 +369,7 @@ class VideoTextInferencer:
             answers += ans
         return captions, answers
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: callers may modify the returned embeddings
     def _video_embeddings(self, sources: list[_Source], batch_size: int) -> tuple[Tensor, list[str]]:
         embeddings: list[Tensor] = []
         names: list[str] = []
@@ -382,7 +382,7 @@ class VideoTextInferencer:
         """Contrastive embeddings (N, E) float32 of the clips, L2-normalised, on the CPU."""
         return self._video_embeddings(self._sources(clips), batch_size)[0]
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: callers may modify the returned embeddings
     def encode_text(self, texts: str | Sequence[str], *, batch_size: int = 256) -> Tensor:
         """Contrastive embeddings (M, E) float32 of the texts, L2-normalised, on the CPU."""
         items = _check_texts(texts, 'texts')
