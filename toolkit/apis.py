@@ -68,7 +68,7 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike[str]) -> None:
                 ('missing keys', missing),
                 ('unexpected keys', unexpected),
                 ('shapes differ', wrong_shape),
-            )  # fmt: skip
+            )
             if items
         ]
         raise CheckpointMismatchError(

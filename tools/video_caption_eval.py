@@ -10,7 +10,10 @@ same references, the floor a model must beat.
 What it changes in the config: ``model.generation`` becomes ``method='beam'`` with ``--beam-size`` (and
 ``--max-len`` when given; otherwise the config's ``max_len``, other generation keys kept), after
 ``--cfg-options``, so these flags win; ``test_evaluator`` becomes one ``CaptionMetric`` that also writes the
-predictions. The checkpoint loads through the toolkit's safe loader (``torch.load(weights_only=True)``).
+predictions. The checkpoint loads as in the library API (:func:`toolkit.apis.load_weights`, the loader of
+``init_model`` and ``video.apis.VideoTextInferencer``: ``weights_only`` or ``.safetensors``, strict, a
+mismatch named), not through the Runner's lenient ``load_from``; the captions equal the inferencer's on the
+same clips and generation settings (``tests/video/test_video_text_inferencer.py``).
 
 Writes to the work dir (CLI > config > ``work_dirs/CONFIG_NAME``): the predictions as a COCO results JSON list
 ``[{"image_id": id, "caption": str}]`` (``--out`` to put them elsewhere; for videos the id is the video's
@@ -30,8 +33,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mmengine.config import Config, DictAction
+from mmengine.model import is_model_wrapper
 
 from pretrain.evaluation.caption import constant_caption_baseline
+from toolkit.apis import load_weights
 from toolkit.engine import build_runner, load_config, write_metrics
 
 SCORES = ('BLEU-4', 'METEOR', 'ROUGE-L', 'CIDEr')
@@ -44,7 +49,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description='Caption a test split with beam search and score it (COCO caption metrics)'
     )
     parser.add_argument('config', help='a captioning config (image or video)')
-    parser.add_argument('checkpoint', help='checkpoint file (loaded with weights_only=True)')
+    parser.add_argument('checkpoint', help='checkpoint file (weights_only or .safetensors, loaded strictly)')
     parser.add_argument('--work-dir', help='where predictions, metrics.json and logs go')
     parser.add_argument('--beam-size', type=int, default=3, help='beam width (default 3)')
     parser.add_argument('--max-len', type=int, help="longest caption in tokens (default: the config's)")
@@ -67,7 +72,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def prepare_config(args: argparse.Namespace) -> tuple[Config, str]:
-    """The config with beam search, the checkpoint and a saving ``CaptionMetric``; the predictions path."""
+    """The config with beam search and a saving ``CaptionMetric``; the predictions path."""
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
     cfg = load_config(
@@ -80,7 +85,7 @@ def prepare_config(args: argparse.Namespace) -> tuple[Config, str]:
     if args.max_len is not None:
         generation['max_len'] = args.max_len
     cfg.model.generation = generation
-    cfg.load_from = args.checkpoint
+    cfg.load_from = None  # main() loads the checkpoint strictly (toolkit.apis.load_weights)
     pred_path = osp.abspath(args.out or osp.join(cfg.work_dir, 'predictions_test.json'))
     # A list: mmengine reads a bare dict holding a `metrics` key as the config of an Evaluator itself.
     cfg.test_evaluator = [
@@ -137,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     cfg, pred_path = prepare_config(args)
     runner = build_runner(cfg)
+    load_weights(runner.model.module if is_model_wrapper(runner.model) else runner.model, args.checkpoint)
     metrics = runner.test()
     if runner.rank != 0:
         return 0

@@ -261,10 +261,15 @@ class MaMMUT(VLBaseModel):
         """Greedy open-ended answers to one question per image or clip."""
         return self._answer_from_tokens(self.visual_tokens(inputs), questions)
 
-    def generate_and_answer(self, inputs: Tensor, questions: list[str]) -> tuple[list[str], list[str]]:
-        """Captions of images or clips and greedy answers to one question each, from one encoder pass."""
+    def generate_and_answer(
+        self, inputs: Tensor, questions: list[str], **kwargs: Any
+    ) -> tuple[list[str], list[str]]:
+        """Captions of images or clips and greedy answers to one question each, from one encoder pass;
+        ``kwargs`` override ``generation`` for the captions, as in :meth:`generate`."""
         img_tokens = self.visual_tokens(inputs)
-        return self._generate_from_tokens(img_tokens), self._answer_from_tokens(img_tokens, questions)
+        return self._generate_from_tokens(img_tokens, **kwargs), self._answer_from_tokens(
+            img_tokens, questions
+        )
 
     def _qa_ids(
         self, questions: list[str], answers: list[str] | None, device: torch.device

@@ -145,7 +145,7 @@ def test_caption_eval_config_forces_beam_search(tmp_path: Path) -> None:
     cfg, pred_path = tool.prepare_config(args)
     # The flags win over --cfg-options; the config's max_len and other keys stay.
     assert cfg.model.generation == dict(method='beam', beam_size=3, max_len=32, min_len=2)
-    assert cfg.load_from == str(checkpoint)
+    assert cfg.load_from is None  # main() loads it strictly, as toolkit.apis.init_model does
     assert pred_path == str(tmp_path / 'predictions_test.json')
     assert cfg.test_evaluator == [dict(
         type='CaptionMetric', metrics=['BLEU-4', 'METEOR', 'ROUGE-L', 'CIDEr'], prefix='caption',

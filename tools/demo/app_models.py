@@ -16,15 +16,10 @@ from typing import Any, TypeVar
 import cv2
 import mmcv
 import numpy as np
-import torch
-from mmengine.config import Config
-from mmengine.dataset import Compose, pseudo_collate
-from mmengine.registry import init_default_scope
 
 from detection.apis import Detection, DetectionDrawer, DetectionInputError, OVDetInferencer, parse_names
-from toolkit.checkpoint import load_state_dict_file
-from toolkit.registry import MODELS, TRANSFORMS
 from toolkit.transforms import image_header
+from video.apis import VideoInputError, VideoTextInferencer
 
 __all__ = [
     'DetectionResult',
@@ -212,38 +207,16 @@ class VideoResult:
 
 
 class VideoService:
-    """A MaMMUT video model (tube tokenizer, generative decoder) loaded once: a clip in, a caption (the
-    config's ``generation``) and a greedy answer to a question out, from one encoder pass.
-
-    The clip goes through the config's test pipeline (frame sampling, decoding in the decoder sandbox with
-    its timeout, resizing); a file that is not a video fails there with a message naming it.
+    """The web app's MaMMUT video model (:class:`video.apis.VideoTextInferencer`, loaded once): a clip in, a
+    caption (the config's ``generation``) and a greedy answer to a question out, from one encoder pass, with
+    the sampled frames the model saw. The inferencer's :class:`VideoInputError` becomes an
+    :class:`InputError` for the page, the upload's name in place of its temporary path.
     """
 
     def __init__(self, *, config: str, checkpoint: str, device: str = 'cpu', max_question_chars: int = 200):
-        cfg = Config.fromfile(config)
-        init_default_scope(cfg.get('default_scope', 'toolkit'))
-        state_dict = load_state_dict_file(checkpoint)
-        model = MODELS.build(cfg.model)
-        missing, unexpected = model.load_state_dict(state_dict, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f'checkpoint {checkpoint} does not fit the model of {config}: {len(missing)} missing keys '
-                f'{missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}'
-            )
-        if getattr(model, 'video_tokenizer', None) is None or not hasattr(model, 'generate_and_answer'):
-            raise ValueError(
-                f'config {config} builds a {type(model).__name__} without a video tokenizer: the app needs a '
-                'MaMMUT video model (e.g. configs/mammut/mammut_tubevit-tiny-dec4_1xb32-40e_shapes-vid.py)'
-            )
-        self.model = model.to(torch.device(device)).eval()
-        pipeline = cfg.get('test_pipeline') or cfg.test_dataloader.dataset.pipeline
-        steps = [TRANSFORMS.build(dict(step)) for step in pipeline]
-        if type(steps[-1]).__name__ != 'PackVideoTextInputs':
-            raise ValueError(f'config {config}: the test pipeline must end with PackVideoTextInputs')
-        self.prepare, self.pack = Compose(steps[:-1]), steps[-1]
+        self.inferencer = VideoTextInferencer(config, checkpoint, device=device)
         self.max_question_chars = max_question_chars
 
-    @torch.inference_mode()
     def __call__(self, path: str, name: str, question: str) -> VideoResult:
         start = time.perf_counter()
         question = ' '.join(question.split())
@@ -252,24 +225,21 @@ class VideoService:
                 f'the question has {len(question)} characters; at most {self.max_question_chars}.'
             )
         try:
-            results = self.prepare({'video_path': path})
-        except (OSError, ValueError) as err:  # VideoDecodeError is an OSError
-            reason = str(err).replace(f'{path}: ', '').replace(path, name)
-            raise InputError(f'{name} is not a readable video: {reason}.') from None
-        frames = np.asarray(results['imgs'])
-        data = self.model.data_preprocessor(pseudo_collate([self.pack(results)]), False)
-        if question:
-            captions, answers = self.model.generate_and_answer(data['inputs'], [question])
-            answer: str | None = answers[0]
-        else:
-            captions, answer = self.model.generate(data['inputs']), None
+            clip = self.inferencer.prepare(path)[0]
+            if question:
+                captions, answers = self.inferencer.caption_and_answer([clip], question)
+                answer: str | None = answers[0]
+            else:
+                captions, answer = self.inferencer.caption([clip]), None
+        except VideoInputError as err:
+            raise InputError(f'{name} is not a readable video: {err.reason.replace(path, name)}.') from None
         return VideoResult(
             name=name,
             caption=captions[0],
             question=question,
             answer=answer,
-            frames_png=[encode_image(frame) for frame in frames],
-            frame_inds=[int(i) for i in results['frame_inds']],
-            total_frames=int(results['total_frames']),
+            frames_png=[encode_image(frame) for frame in clip.frames],
+            frame_inds=[int(i) for i in clip.frame_inds],
+            total_frames=clip.total_frames,
             seconds=time.perf_counter() - start,
         )
