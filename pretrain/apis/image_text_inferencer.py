@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import os
 import os.path as osp
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import numpy as np
 import torch
@@ -103,13 +103,13 @@ class ImageTextInferencer:
         if batch_size < 1:
             raise ValueError(f'batch_size must be >= 1, got {batch_size}')
         model = init_model(config, checkpoint, device=device, cfg_options=cfg_options)
+        self.cfg = cast(Config, model.cfg)
         if not isinstance(model, ImageTextModel):
             raise TypeError(
-                f'config {model.cfg.filename} builds a {type(model).__name__}, not an image-text model '
+                f'config {self.cfg.filename} builds a {type(model).__name__}, not an image-text model '
                 '(MaMMUT, ALBEF, BEiT3, FIBER: pretrain.models.image_text_model.ImageTextModel)'
             )
         self.model = model
-        self.cfg: Config = model.cfg
         self.batch_size = int(batch_size)
         steps = [TRANSFORMS.build(dict(step)) for step in self._test_pipeline(self.cfg)]
         if not steps or not isinstance(steps[0], LoadImageFromFile):
@@ -118,7 +118,7 @@ class ImageTextInferencer:
         self.transforms = Compose(steps[1:])  # resize ... pack, shared by files and arrays
 
     @staticmethod
-    def _test_pipeline(cfg: Config) -> list[dict]:
+    def _test_pipeline(cfg: Config) -> list[dict[str, Any]]:
         pipeline = cfg.get('test_pipeline') or cfg.get('test_dataloader', {}).get('dataset', {}).get(
             'pipeline'
         )
@@ -184,16 +184,17 @@ class ImageTextInferencer:
                 raise ImageTextInputError(f'image {name} cannot be read: {err}') from err
             if results is None:  # a loader with on_error='skip'
                 raise ImageTextInputError(f'image {name} cannot be read (skipped by the loader)')
-        return self.transforms(results)
+        return cast(dict[str, Any], self.transforms(results))
 
     @torch.no_grad()
     def preprocess(self, images: ImageInput | Sequence[ImageInput]) -> Tensor:
         """Model inputs (N, 3, H, W): test pipeline and data preprocessor, on the model's device."""
         sources = self.image_sources(images)
+        preprocessor = cast(Callable[[Any, bool], dict[str, Any]], self.model.data_preprocessor)
         batches = []
         for start in range(0, len(sources), self.batch_size):
             packed = [self._load(name, source) for name, source in sources[start : start + self.batch_size]]
-            batches.append(self.model.data_preprocessor(pseudo_collate(packed), False)['inputs'])
+            batches.append(preprocessor(pseudo_collate(packed), False)['inputs'])
         return torch.cat(batches)
 
     @staticmethod
