@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import os.path as osp
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
@@ -186,16 +186,20 @@ class ImageTextInferencer:
                 raise ImageTextInputError(f'image {name} cannot be read (skipped by the loader)')
         return cast(dict[str, Any], self.transforms(results))
 
-    @torch.no_grad()
-    def preprocess(self, images: ImageInput | Sequence[ImageInput]) -> Tensor:
-        """Model inputs (N, 3, H, W): test pipeline and data preprocessor, on the model's device."""
+    def input_batches(self, images: ImageInput | Sequence[ImageInput]) -> Iterator[Tensor]:
+        """Model inputs (B, 3, H, W) of ``batch_size`` images at a time (test pipeline, data preprocessor), on
+        the model's device; every source is checked before the first image is decoded."""
         sources = self.image_sources(images)
         preprocessor = cast(Callable[[Any, bool], dict[str, Any]], self.model.data_preprocessor)
-        batches = []
         for start in range(0, len(sources), self.batch_size):
             packed = [self._load(name, source) for name, source in sources[start : start + self.batch_size]]
-            batches.append(preprocessor(pseudo_collate(packed), False)['inputs'])
-        return torch.cat(batches)
+            with torch.no_grad():
+                inputs = preprocessor(pseudo_collate(packed), False)['inputs']
+            yield inputs
+
+    def preprocess(self, images: ImageInput | Sequence[ImageInput]) -> Tensor:
+        """Model inputs (N, 3, H, W) of all the images (see :meth:`input_batches`)."""
+        return torch.cat(list(self.input_batches(images)))
 
     @staticmethod
     def _texts(texts: str | Sequence[str], what: str = 'text') -> list[str]:
@@ -208,29 +212,25 @@ class ImageTextInferencer:
         return items
 
     # ------------------------------------------------------------------------------------------ embeddings
-    def _batched(self, fn: Any, inputs: Tensor | list[str]) -> Tensor:
-        return torch.cat(
-            [
-                fn(inputs[start : start + self.batch_size]).float().cpu()
-                for start in range(0, len(inputs), self.batch_size)
-            ]
-        )
-
     @torch.no_grad()
-    def _encode_inputs(self, inputs: Tensor) -> Tensor:
-        self._require(self.model.supports_embedding, 'embed images and texts (no contrastive heads)')
-        return self._batched(self.model.encode_image, inputs)
-
     def encode_image(self, images: ImageInput | Sequence[ImageInput]) -> Tensor:
         """Images -> ``img_emb`` (N, E), L2-normalised, float32 on the CPU."""
         self._require(self.model.supports_embedding, 'embed images and texts (no contrastive heads)')
-        return self._encode_inputs(self.preprocess(images))
+        return torch.cat(
+            [self.model.encode_image(batch).float().cpu() for batch in self.input_batches(images)]
+        )
 
     @torch.no_grad()
     def encode_text(self, texts: str | Sequence[str]) -> Tensor:
         """M texts -> ``txt_emb`` (M, E), L2-normalised, float32 on the CPU."""
         self._require(self.model.supports_embedding, 'embed images and texts (no contrastive heads)')
-        return self._batched(self.model.encode_text, self._texts(texts))
+        texts = self._texts(texts)
+        return torch.cat(
+            [
+                self.model.encode_text(texts[start : start + self.batch_size]).float().cpu()
+                for start in range(0, len(texts), self.batch_size)
+            ]
+        )
 
     # ------------------------------------------------------------------------------------------ tasks
     @torch.no_grad()
@@ -260,10 +260,9 @@ class ImageTextInferencer:
             if max_len < 1:
                 raise ValueError(f'max_len must be >= 1, got {max_len}')
             options['max_len'] = int(max_len)
-        inputs = self.preprocess(images)
         captions: list[str] = []
-        for start in range(0, len(inputs), self.batch_size):
-            captions += self.model.generate(inputs[start : start + self.batch_size], **options)
+        for batch in self.input_batches(images):
+            captions += self.model.generate(batch, **options)
         return captions
 
     @torch.no_grad()
@@ -318,12 +317,19 @@ class ImageTextInferencer:
             raise ValueError(f'rerank_k must be >= 0, got {rerank_k}')
         if rerank_k:
             self._require(self.model.supports_matching, 're-rank with ITM (no image-text matching head)')
+        self._require(self.model.supports_embedding, 'embed images and texts (no contrastive heads)')
         texts = self._texts(texts)
-        inputs = self.preprocess(images)
-        sim = self._encode_inputs(inputs) @ self.encode_text(texts).T  # (N, M), as RetrievalMetric
-        if not rerank_k:
+        batches = list(self.input_batches(images)) if rerank_k else None  # kept for the ITM passes
+        img_emb = (
+            torch.cat([self.model.encode_image(batch).float().cpu() for batch in batches])
+            if batches is not None
+            else self.encode_image(images)
+        )
+        sim = img_emb @ self.encode_text(texts).T  # (N, M), as RetrievalMetric
+        if batches is None:
             scores_i2t, scores_t2i = sim, sim.T
         else:
+            inputs = torch.cat(batches)
 
             def pair_scores(img_index: Tensor, txt_index: Tensor) -> Tensor:
                 chunks = [

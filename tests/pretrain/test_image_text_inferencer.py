@@ -131,6 +131,11 @@ def test_embeddings_and_inputs(
     arrays = [mmcv.imread(path, channel_order='rgb') for path in paths]
     torch.testing.assert_close(inferencer.encode_image(arrays), img_emb, atol=1e-6, rtol=0)
     torch.testing.assert_close(inferencer.encode_image(arrays[1]), img_emb[1:2], atol=1e-6, rtol=0)
+    inferencer.batch_size = 3  # streamed in batches of 3, 3 and 2 images
+    try:
+        torch.testing.assert_close(inferencer.encode_image(paths), img_emb, atol=1e-5, rtol=0)
+    finally:
+        inferencer.batch_size = NUM_IMAGES
 
 
 @pytest.mark.parametrize('family', EMBEDDING)
