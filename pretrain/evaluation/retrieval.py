@@ -35,6 +35,7 @@ from toolkit.registry import METRICS
 __all__ = [
     'RetrievalMetric',
     'get_sample_field',
+    'rerank_both_ways',
     'rerank_topk',
     'reranked_retrieval_metrics',
     'retrieval_metrics',
@@ -173,16 +174,19 @@ def rerank_topk(sim: torch.Tensor, k: int, pair_scores: PairScorer) -> torch.Ten
     return _lift_topk(sim, top, scores)
 
 
-def reranked_retrieval_metrics(
-    sim: torch.Tensor,
-    txt_to_img: torch.Tensor,
-    k: int,
-    pair_scores: PairScorer,
-    ks: Sequence[int] = (1, 5, 10),
-) -> dict[str, float]:
-    """:func:`retrieval_metrics` after re-ranking the top-k captions of every image and the top-k images of
-    every caption by ``pair_scores(img_index (P,), txt_index (P,)) -> (P,)`` (each distinct pair scored
-    once)."""
+def rerank_both_ways(sim: torch.Tensor, k: int, pair_scores: PairScorer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-rank the top-k captions of every image and the top-k images of every caption by
+    ``pair_scores(img_index (P,), txt_index (P,)) -> (P,)``, each distinct pair scored once.
+
+    Args:
+        sim: similarities (N, M) of N images (rows) against M captions.
+        k: candidates per query.
+        pair_scores: finer scores of image-caption pairs.
+
+    Returns:
+        ``scores_i2t`` (N, M) and ``scores_t2i`` (M, N): per query (row), the top-k candidates by pair score
+        above the others by ``sim`` (see :func:`rerank_topk`); sort a row descending to rank.
+    """
     if k < 1:
         raise ValueError(f'k must be >= 1, got {k}')
     num_img, num_txt = sim.shape
@@ -196,10 +200,23 @@ def reranked_retrieval_metrics(
     if scores.shape != unique.shape:
         raise ValueError(f'pair_scores returned {tuple(scores.shape)} scores for {len(unique)} pairs')
     scores = scores[inverse]
-    sim_i2t = _lift_topk(sim, top_i2t, scores[: top_i2t.numel()].reshape(top_i2t.shape))
-    sim_t2i = _lift_topk(sim.t(), top_t2i, scores[top_i2t.numel() :].reshape(top_t2i.shape)).t()
-    ranks_i2t, _ = retrieval_ranks(sim_i2t, txt_to_img)
-    _, ranks_t2i = retrieval_ranks(sim_t2i, txt_to_img)
+    scores_i2t = _lift_topk(sim, top_i2t, scores[: top_i2t.numel()].reshape(top_i2t.shape))
+    scores_t2i = _lift_topk(sim.t(), top_t2i, scores[top_i2t.numel() :].reshape(top_t2i.shape))
+    return scores_i2t, scores_t2i
+
+
+def reranked_retrieval_metrics(
+    sim: torch.Tensor,
+    txt_to_img: torch.Tensor,
+    k: int,
+    pair_scores: PairScorer,
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, float]:
+    """:func:`retrieval_metrics` after re-ranking the top-k captions of every image and the top-k images of
+    every caption by ``pair_scores(img_index (P,), txt_index (P,)) -> (P,)`` (:func:`rerank_both_ways`)."""
+    scores_i2t, scores_t2i = rerank_both_ways(sim, k, pair_scores)
+    ranks_i2t, _ = retrieval_ranks(scores_i2t, txt_to_img)
+    _, ranks_t2i = retrieval_ranks(scores_t2i.t(), txt_to_img)
     return _metrics_from_ranks(ranks_i2t, ranks_t2i, ks)
 
 

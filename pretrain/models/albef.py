@@ -59,6 +59,7 @@ from .base import VLBaseModel
 from .bert import BertFusionEncoder, convert_hf_bert, load_hf_bert
 from .fiber import ITMScorer, LMHead
 from .fiber_losses import sample_hard_negatives
+from .image_text_model import ImageTextModel
 from .losses import _world, gather_with_grad, global_mean
 
 __all__ = ['ALBEF']
@@ -67,7 +68,7 @@ _MOMENTUM_PARTS = ('visual_encoder', 'vision_proj', 'text_encoder', 'text_proj',
 
 
 @MODELS.register_module()
-class ALBEF(VLBaseModel):
+class ALBEF(VLBaseModel, ImageTextModel):
     """ALBEF pretraining (ITC + ITM + MLM with momentum distillation) and retrieval.
 
     Args:
@@ -229,6 +230,19 @@ class ALBEF(VLBaseModel):
 
     def encode_text(self, texts: Sequence[str]) -> Tensor:
         return self.text_features(*self._tokenize(texts, self.device))[1]
+
+    def current_logit_scale(self) -> Tensor:
+        """``1 / temp``, the temperature clamped to [0.001, 0.5] as in training."""
+        return 1.0 / self.temp.clamp(0.001, 0.5)
+
+    @property
+    def supports_matching(self) -> bool:
+        return True
+
+    def match_scores(self, images: Tensor, texts: Sequence[str]) -> Tensor:
+        """:meth:`itm_scores` of P pairs ``(images[p], texts[p])``: ``images`` (P, 3, H, W) -> (P,)."""
+        txt_ids, txt_mask = self._tokenize(texts, self.device)
+        return self.itm_scores(images, [ids[mask] for ids, mask in zip(txt_ids, txt_mask, strict=True)])
 
     @torch.no_grad()
     def itm_scores(self, images: Tensor, txt_ids: Sequence[Tensor]) -> Tensor:

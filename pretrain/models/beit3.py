@@ -57,6 +57,7 @@ from toolkit.registry import MODELS, TOKENIZERS
 
 from .base import VLBaseModel
 from .fiber_losses import MLMLoss
+from .image_text_model import ImageTextModel
 from .losses import global_mean
 
 __all__ = ['BEiT3', 'MDMLoss', 'block_wise_mask']
@@ -156,7 +157,7 @@ class MDMLoss(nn.Module):
 
 
 @MODELS.register_module()
-class BEiT3(VLBaseModel):
+class BEiT3(VLBaseModel, ImageTextModel):
     """BEiT-3 pretraining (MDM) and dual-encoder retrieval on a ``MultiwayTransformer``.
 
     Args:
@@ -291,7 +292,10 @@ class BEiT3(VLBaseModel):
         return dict(zip(_KINDS, torch.split(order, sizes), strict=True))
 
     def current_logit_scale(self) -> Tensor:
-        """``exp(logit_scale)`` clamped at 100 (temperature >= 0.01)."""
+        """``exp(logit_scale)`` clamped at 100 (temperature >= 0.01); 1 without a contrastive step (no learned
+        temperature: the cosine similarities themselves)."""
+        if self.logit_scale is None:
+            return torch.ones((), device=self.device)
         return self.logit_scale.exp().clamp(max=100.0)
 
     def image_embedding(self, images: Tensor) -> Tensor:
@@ -303,6 +307,10 @@ class BEiT3(VLBaseModel):
         """Dual encoder, text side: ``txt_ids`` (B, L) -> ``txt_emb`` (B, E), L2-normalised (first token)."""
         first = self.backbone(txt_ids=txt_ids, txt_mask=txt_mask).hidden[:, 0]
         return F.normalize(self.txt_proj(first) if self.txt_proj is not None else first, dim=-1)
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """``images`` (B, 3, H, W) -> ``img_emb`` (B, E), L2-normalised (:meth:`image_embedding`)."""
+        return self.image_embedding(images)
 
     def encode_text(self, texts: Sequence[str]) -> Tensor:
         """List of B texts -> ``txt_emb`` (B, E)."""

@@ -69,6 +69,7 @@ from toolkit.tokenizers import pad_id_rows
 from .base import VLBaseModel
 from .fiber_losses import sample_hard_negatives
 from .generation import generate as generate_ids
+from .image_text_model import ImageTextModel
 from .losses import _world, gather_with_grad, select_global_rows
 
 __all__ = ['FIBER', 'ITMHead', 'ITMScorer', 'LMHead']
@@ -143,7 +144,7 @@ class ITMScorer:
 
 
 @MODELS.register_module()
-class FIBER(VLBaseModel):
+class FIBER(VLBaseModel, ImageTextModel):
     """FIBER pretraining / captioning model on ``FIBERBackbone``.
 
     Args:
@@ -314,9 +315,30 @@ class FIBER(VLBaseModel):
         """Dual-encoder text embedding (fusion off, first token): ``txt_ids`` (B, L) -> ``txt_emb`` (B, E)."""
         return F.normalize(self.txt_proj(self.backbone.encode_text(txt_ids, txt_mask)[:, 0]), dim=-1)
 
+    def encode_image(self, images: Tensor) -> Tensor:
+        """``images`` (B, 3, H, W) -> ``img_emb`` (B, E), L2-normalised (:meth:`image_embedding`)."""
+        return self.image_embedding(images)
+
     def encode_text(self, texts: Sequence[str]) -> Tensor:
         """List of B texts -> ``txt_emb`` (B, E), L2-normalised."""
         return self.text_embedding(*self._tokenize(texts, self.device))
+
+    @property
+    def supports_embedding(self) -> bool:
+        return self.itc_loss is not None
+
+    @property
+    def supports_captioning(self) -> bool:
+        return self.caption_loss is not None
+
+    @property
+    def supports_matching(self) -> bool:
+        return self.itm_head is not None
+
+    def match_scores(self, images: Tensor, texts: Sequence[str]) -> Tensor:
+        """:meth:`itm_scores` of P pairs ``(images[p], texts[p])``: ``images`` (P, 3, H, W) -> (P,)."""
+        txt_ids, txt_mask = self._tokenize(texts, self.device)
+        return self.itm_scores(images, [ids[mask] for ids, mask in zip(txt_ids, txt_mask, strict=True)])
 
     def itm_logits(self, images: Tensor, txt_ids: Tensor, txt_mask: Tensor) -> Tensor:
         """Fused pass on aligned pairs -> ITM logits (P, 2)."""

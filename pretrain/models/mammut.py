@@ -43,6 +43,7 @@ from toolkit.registry import MODELS, TOKENIZERS
 
 from .base import VLBaseModel
 from .generation import generate as generate_ids
+from .image_text_model import ImageTextModel
 from .text_decoder import CrossAttention
 
 __all__ = ['AttentionPool', 'MaMMUT']
@@ -68,7 +69,7 @@ class AttentionPool(nn.Module):
 
 
 @MODELS.register_module()
-class MaMMUT(VLBaseModel):
+class MaMMUT(VLBaseModel, ImageTextModel):
     """MaMMUT pretraining model (contrastive + captioning with one decoder).
 
     Args:
@@ -252,6 +253,11 @@ class MaMMUT(VLBaseModel):
         """List of B texts -> ``txt_emb`` (B, E), L2-normalised."""
         txt_ids, lengths = self._tokenize(texts, self.logit_scale.device)
         return self.text_embedding(txt_ids, lengths)
+
+    @property
+    def supports_captioning(self) -> bool:
+        """Captions unless ``contrastive_only`` (no generative pass)."""
+        return not self.contrastive_only
 
     def generate(self, images: Tensor, **kwargs: Any) -> list[str]:
         """Captions of images or clips; ``kwargs`` override ``generation`` (method, beam_size...)."""

@@ -30,6 +30,10 @@ def test_demo_runs_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str
     predictions = json.loads((work / 'predictions_test.json').read_text())
     assert len(predictions) == 16 and {'image_id', 'caption'} <= set(predictions[0])
     assert 0.0 <= metrics['retrieval/i2t_R@5'] <= 1.0
+    # The captions shown (the checkpoint through pretrain.apis) are those the evaluation predicted.
+    shown = [line.split(': ', 1) for line in out.splitlines() if line.strip().startswith('image ')]
+    evaluated = {str(pred['image_id']): pred['caption'] for pred in predictions}
+    assert len(shown) == 2 and all(evaluated[name.split()[-1]] == text for name, text in shown)
     assert (work / 'loss_curve.png').stat().st_size > 0 and (work / 'epoch_1.pth').is_file()
     # Run again, it finds the data and does not regenerate it (the data step of the script, in this process).
     marker = (data / '.complete').stat().st_mtime_ns

@@ -2,7 +2,8 @@
 
 Generates Shapes World ``small`` if it is absent, trains the tiny MaMMUT config,
 evaluates on the held-out test split and prints retrieval R@1/R@5 both ways,
-BLEU-4 and CIDEr, a few generated captions beside their references, and the CIDEr
+BLEU-4 and CIDEr, a few captions of the final checkpoint (through the library API,
+:class:`pretrain.apis.ImageTextInferencer`) beside their references, and the CIDEr
 of the best constant caption (the floor a model must beat). Logs, checkpoints,
 ``metrics.json``, ``predictions_test.json`` and ``loss_curve.png`` go to the work dir.
 """
@@ -15,6 +16,9 @@ import os
 import os.path as osp
 import time
 
+from mmengine.runner import find_latest_checkpoint
+
+from pretrain.apis import ImageTextInferencer
 from pretrain.evaluation.caption import constant_caption_baseline
 from toolkit.engine import build_runner, load_config, write_metrics
 from toolkit.shapes_world import VERSION, generate_shapes_world
@@ -98,13 +102,20 @@ def main(argv: list[str] | None = None) -> None:
     metrics = runner.test()
     write_metrics(metrics, runner.work_dir)
 
-    with open(pred_path) as f:
-        predictions = json.load(f)
     dataset = runner.test_dataloader.dataset
-    refs = {
-        info['img_id']: info['captions'] for info in (dataset.get_data_info(i) for i in range(len(dataset)))
-    }
+    infos = [dataset.get_data_info(i) for i in range(len(dataset))]
+    refs = {info['img_id']: info['captions'] for info in infos}
     floor = constant_caption_baseline(refs)
+    # The trained checkpoint as a researcher would load it: captions of the first test images.
+    checkpoint = find_latest_checkpoint(runner.work_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f'training saved no checkpoint in {runner.work_dir}')
+    inferencer = ImageTextInferencer(cfg, checkpoint)
+    shown = infos[: max(args.show, 0)]
+    captions = inferencer.caption([info['img_path'] for info in shown]) if shown else []
+    predictions = [
+        dict(image_id=info['img_id'], caption=text) for info, text in zip(shown, captions, strict=True)
+    ]
     print(f'\nTrained for {train_minutes:.1f} min; work dir: {runner.work_dir}')
     print_report(metrics, predictions, refs, floor, args.show)
 
