@@ -4,9 +4,9 @@ Paper: Dou et al., "Coarse-to-Fine Vision-Language Pre-training with Fusion in t
 2022, Sec. 3.2 (coarse-grained pre-training) and Sec. 4.1 (image captioning). Reference code: microsoft/FIBER
 ``coarse_grained/fiber/modules/{fiber_module,objectives,heads}.py``.
 
-The backbone is ``FIBERBackbone`` (Swin + RoBERTa with gated cross-attention in their last K blocks/layers),
-built by registry name from ``toolkit.registry.MODELS``; pretrain/ never imports detection/. Per
-training step, on B image-caption pairs:
+The backbone is :class:`~pretrain.models.fiber_backbone.FIBERBackbone` (Swin + RoBERTa with gated
+cross-attention in their last K blocks/layers; FIBER's detector in detection/ reuses it). Per training step,
+on B image-caption pairs:
 
 * ITC, fusion off (the backbone is a dual encoder): image embedding = mean of the last-stage Swin tokens after
   its output norm, linearly projected; text embedding = the first (BOS) token's last hidden state, linearly
@@ -67,6 +67,7 @@ from toolkit.registry import MODELS, TOKENIZERS
 from toolkit.tokenizers import pad_id_rows
 
 from .base import VLBaseModel
+from .fiber_backbone import FIBERBackbone
 from .fiber_losses import sample_hard_negatives
 from .generation import generate as generate_ids
 from .losses import _world, gather_with_grad, select_global_rows
@@ -147,9 +148,10 @@ class FIBER(VLBaseModel):
     """FIBER pretraining / captioning model on ``FIBERBackbone``.
 
     Args:
-        backbone: ``FIBERBackbone`` config (built from ``MODELS``; must set ``text`` or ``preset``). Unless
-            ``text`` has ``pretrained``, its ``vocab_size`` and ``pad_token_id`` are set from the tokenizer
-            (plus the appended mask id). The last Swin stage must be in ``image.out_indices``.
+        backbone: a :class:`FIBERBackbone`, or its config (built from ``MODELS``; must set ``text`` or
+            ``preset``). Unless ``text`` has ``pretrained``, a config's ``vocab_size`` and ``pad_token_id``
+            are set from the tokenizer (plus the appended mask id); a built backbone must already match
+            them. The last Swin stage must be in ``image.out_indices``.
         tokenizer: config built from ``TOKENIZERS`` (or a built tokenizer).
         embed_dim: E, the ITC embedding size (FIBER: 768, its ``hidden_size``).
         itc_loss: ITC loss config (e.g. ``InfoNCELoss``); ``None`` = no ITC (and no retrieval embeddings).
@@ -174,7 +176,7 @@ class FIBER(VLBaseModel):
     def __init__(
         self,
         *,
-        backbone: dict,
+        backbone: FIBERBackbone | dict,
         tokenizer: dict | Any,
         embed_dim: int = 256,
         itc_loss: dict | None = None,
@@ -209,7 +211,13 @@ class FIBER(VLBaseModel):
         self.generation = dict(generation) if generation is not None else None
         self.itm_eval_batch_size = int(itm_eval_batch_size)
 
-        self.backbone = MODELS.build(self._backbone_cfg(backbone, max(tok_vocab, self.mask_token_id + 1)))
+        if isinstance(backbone, dict):
+            backbone = MODELS.build(self._backbone_cfg(backbone, max(tok_vocab, self.mask_token_id + 1)))
+        if not isinstance(backbone, FIBERBackbone):
+            raise TypeError(
+                f'FIBER: backbone must be a FIBERBackbone or its config, not {type(backbone).__name__}'
+            )
+        self.backbone: FIBERBackbone = backbone
         self._check_backbone()
         if fusion_gate_init is not None:
             with torch.no_grad():

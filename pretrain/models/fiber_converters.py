@@ -1,4 +1,4 @@
-"""State-dict converters into :class:`~detection.models.fiber_backbone.FIBERBackbone` (tensor layouts only).
+"""State-dict converters into :class:`~pretrain.models.fiber_backbone.FIBERBackbone` (tensor layouts only).
 
 * :func:`convert_timm_swin`: a timm ``SwinTransformer`` state dict -> mmdet Swin keys (``image.`` prefixed,
   as inside ``FIBERBackbone``; ``prefix=''`` for a bare mmdet ``SwinTransformer``). timm >= 0.9 puts
@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from toolkit.checkpoint import UnsafeCheckpointError, load_state_dict_file, safe_load
 
 if TYPE_CHECKING:
-    from detection.models.fiber_backbone import FIBERBackbone
+    from .fiber_backbone import FIBERBackbone
 
 __all__ = [
     'convert_fiber_checkpoint',

@@ -14,8 +14,8 @@ from mmdet.models.backbones import SwinTransformer
 from torch import Tensor, nn
 from transformers import RobertaConfig, RobertaForMaskedLM, RobertaModel
 
-from detection.models.fiber_backbone import FIBER_PRESETS, FIBERBackbone
-from detection.models.fiber_converters import (
+from pretrain.models.fiber_backbone import FIBER_PRESETS, FIBERBackbone
+from pretrain.models.fiber_converters import (
     convert_fiber_checkpoint,
     convert_hf_roberta,
     convert_timm_swin,
