@@ -65,6 +65,7 @@ MODELS = ToolkitRegistry(
     scope='toolkit',
     locations=[
         'pretrain.models.vit',
+        'pretrain.models.tube_tokenizer',
         'pretrain.models.text_decoder',
         'pretrain.models.losses',
         'pretrain.models.mammut',
@@ -76,7 +77,6 @@ MODELS = ToolkitRegistry(
         'pretrain.models.multiway',
         'pretrain.models.visual_tokenizer',
         'pretrain.models.beit3',
-        'video.models.tube_tokenizer',
         'video.models.data_preprocessor',
         'detection.models.grounding_head',
         'detection.models.fiber_detector',
