@@ -63,6 +63,7 @@ from einops import rearrange
 from mmengine.structures import BaseDataElement
 from torch import Tensor, nn
 
+from toolkit.distributed import gather_with_grad, select_global_rows, world_info
 from toolkit.registry import MODELS, TOKENIZERS
 from toolkit.tokenizers import pad_id_rows
 
@@ -70,7 +71,6 @@ from .base import VLBaseModel
 from .fiber_backbone import FIBERBackbone
 from .fiber_losses import sample_hard_negatives
 from .generation import generate as generate_ids
-from .losses import _world, gather_with_grad, select_global_rows
 
 __all__ = ['FIBER', 'ITMHead', 'ITMScorer', 'LMHead']
 
@@ -387,7 +387,7 @@ class FIBER(VLBaseModel):
         processes, which share ITM candidates)."""
         present = ['img_id' in sample for sample in data_samples]
         if not any(present):
-            rank, _ = _world()
+            rank, _ = world_info()
             return torch.arange(len(data_samples), device=device) + rank * len(data_samples)
         if not all(present):
             raise ValueError('FIBER: only some training samples carry img_id; all or none must')
@@ -454,7 +454,7 @@ class FIBER(VLBaseModel):
         without gradients: the fused pass of a pair runs on the process of its anchor, so nothing needs to
         flow back to the process a negative came from."""
         img_ids = self._img_ids(samples, images.device)
-        _, world = _world()
+        _, world = world_info()
         if world == 1:
             neg = sample_hard_negatives(logits_i2t, img_ids)
         else:
