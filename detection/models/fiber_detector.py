@@ -31,14 +31,8 @@ from mmdet.models.detectors.base import BaseDetector
 from mmdet.structures import SampleList
 from torch import Tensor
 
-from detection.models.prompts import (
-    SEPARATOR,
-    GroundingPrompt,
-    chunk_names,
-    collate_prompts,
-    encode_prompt,
-    sample_names,
-)
+from detection.models.prompts import GroundingPrompt, chunk_names, collate_prompts, encode_prompt
+from detection.vocabulary import SEPARATOR, sample_names
 from pretrain.models.fiber_backbone import FIBERBackbone
 from toolkit.registry import MODELS, TOKENIZERS
 

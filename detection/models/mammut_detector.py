@@ -51,8 +51,7 @@ from mmengine.model import BaseModule
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from detection.datasets.ov_detection import read_ov_split
-from detection.models.prompts import sample_names
+from detection.vocabulary import read_ov_split, sample_names
 from pretrain.models.mammut import MaMMUT
 from pretrain.models.vit import MaMMUTViT
 from toolkit.checkpoint import load_state_dict_file
