@@ -70,11 +70,10 @@ from toolkit.tokenizers import pad_id_rows
 from .base import VLBaseModel
 from .fiber_backbone import FIBERBackbone
 from .fiber_losses import sample_hard_negatives
+from .generation import GENERATION_KEYS
 from .generation import generate as generate_ids
 
 __all__ = ['FIBER', 'ITMHead', 'ITMScorer', 'LMHead']
-
-_GENERATION_KEYS = {'method', 'beam_size', 'max_len', 'min_len', 'length_penalty'}
 
 
 class ITMHead(nn.Module):
@@ -199,9 +198,9 @@ class FIBER(VLBaseModel):
         if itm_loss is not None and itc_loss is None:
             raise ValueError('FIBER: itm_loss draws its hard negatives from ITC; configure itc_loss too')
         if generation is not None:
-            if set(generation) - _GENERATION_KEYS:
+            if set(generation) - GENERATION_KEYS:
                 raise ValueError(
-                    f'FIBER: unknown generation keys {sorted(set(generation) - _GENERATION_KEYS)}'
+                    f'FIBER: unknown generation keys {sorted(set(generation) - GENERATION_KEYS)}'
                 )
             if caption_loss is None:
                 raise ValueError('FIBER: generation needs the captioning pass (caption_loss)')

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from toolkit.registry import MODELS, TOKENIZERS
 
 from .base import VLBaseModel
+from .generation import GENERATION_KEYS
 from .generation import generate as generate_ids
 from .text_decoder import CrossAttention
 from .tube_tokenizer import SparseTubeTokenizer
@@ -50,7 +51,6 @@ from .vit import MaMMUTViT
 
 __all__ = ['AttentionPool', 'MaMMUT']
 
-_GENERATION_KEYS = {'method', 'beam_size', 'max_len', 'min_len', 'length_penalty'}
 _TUBE_KEY = 'video_tokenizer.tubes.'
 _PATCH_KEY = 'image_encoder.patch_embed.'
 
@@ -119,8 +119,8 @@ class MaMMUT(VLBaseModel):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if pool not in ('avg', 'attn'):
             raise ValueError(f"pool must be 'avg' or 'attn', got {pool!r}")
-        if generation is not None and set(generation) - _GENERATION_KEYS:
-            raise ValueError(f'unknown generation keys {sorted(set(generation) - _GENERATION_KEYS)}')
+        if generation is not None and set(generation) - GENERATION_KEYS:
+            raise ValueError(f'unknown generation keys {sorted(set(generation) - GENERATION_KEYS)}')
         self.tokenizer = TOKENIZERS.build(tokenizer) if isinstance(tokenizer, dict) else tokenizer
         self.embed_dim = embed_dim
         self.pool = pool

@@ -19,8 +19,8 @@ from pretrain.models.fiber_converters import (
     convert_fiber_checkpoint,
     convert_hf_roberta,
     convert_timm_swin,
-    load_converted,
 )
+from toolkit.checkpoint import load_converted
 from toolkit.registry import MODELS
 
 # Four stages, the last K=4 blocks straddle stages 3 and 4 (2 + 2); six text layers, the last four fused.

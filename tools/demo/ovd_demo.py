@@ -52,7 +52,7 @@ from mmengine.dataset import Compose, pseudo_collate
 from mmengine.registry import init_default_scope
 from mmengine.structures import InstanceData
 
-from toolkit.checkpoint import UnsafeCheckpointError, load_state_dict_file
+from toolkit.checkpoint import UnsafeCheckpointError, load_state_dict_file, strip_prefix
 from toolkit.registry import MODELS, TRANSFORMS
 
 __all__ = [
@@ -232,8 +232,7 @@ class OVDetector:
         if not osp.isfile(config):
             raise DemoInputError(f'config {config} does not exist')
         state_dict = load_state_dict_file(checkpoint)  # refuses anything but tensors and containers
-        if state_dict and all(key.startswith('module.') for key in state_dict):
-            state_dict = {key[len('module.') :]: value for key, value in state_dict.items()}
+        state_dict = strip_prefix(state_dict, 'module.')
         cfg = Config.fromfile(config)
         init_default_scope(cfg.get('default_scope', 'toolkit'))
         test_cfg = _test_cfg(cfg, score_thr, max_dets, chunked_size)
