@@ -51,7 +51,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy toolkit
+	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy toolkit && $(VENV)/bin/lint-imports
 
 # Re-pin after changing dependencies in setup.cfg (writes requirements/constraints.txt).
 lock: $(STAMP)

@@ -28,12 +28,13 @@ import os
 import pickle
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
+from torch import nn
 
 __all__ = [
     'SAFE_GLOBALS',
@@ -44,6 +45,7 @@ __all__ = [
     'file_sha256',
     'from_plain',
     'install_safe_loader',
+    'load_converted',
     'load_state_dict_file',
     'safe_load',
     'strip_prefix',
@@ -100,27 +102,57 @@ def safe_load(path: str | os.PathLike[str], map_location: Any = 'cpu') -> Any:
         raise UnsafeCheckpointError(f'checkpoint {path} is corrupt or truncated: {err}') from err
 
 
-def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Load a bare state dict from ``.safetensors`` or a torch file (safely), for converters."""
+def load_state_dict_file(
+    path: str | os.PathLike[str], *, wrappers: Sequence[str] = ('state_dict',)
+) -> dict[str, torch.Tensor]:
+    """Load a bare state dict from ``.safetensors`` or a torch file (safely), for converters.
+
+    A torch file holding a dict under the first of ``wrappers`` it has (a Runner checkpoint's
+    ``state_dict``; add ``'model'`` for maskrcnn_benchmark, ``'module'`` for DDP saves) is unwrapped.
+
+    Raises:
+        UnsafeCheckpointError: the file holds something else than a state dict of tensors.
+    """
     path = os.fspath(path)
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
 
         return load_file(path)
     obj = safe_load(path)
-    if isinstance(obj, dict) and 'state_dict' in obj and isinstance(obj['state_dict'], dict):
-        obj = obj['state_dict']
+    for wrapper in wrappers:
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UnsafeCheckpointError(f'{path} does not hold a state dict of tensors')
     return obj
 
 
-def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str = 'module.') -> dict[str, torch.Tensor]:
-    """``state_dict`` without ``prefix`` on its keys when every key has it (DDP, EMA and nested wrappers: the
-    prefix is removed as often as it repeats); otherwise unchanged."""
-    while state_dict and all(key.startswith(prefix) for key in state_dict):
-        state_dict = {key[len(prefix) :]: value for key, value in state_dict.items()}
-    return state_dict
+def strip_prefix(
+    state_dict: Mapping[str, Any], prefix: str = 'module.', *, nested: bool = False
+) -> dict[str, Any]:
+    """``state_dict`` without ``prefix`` (DDP's and EMA's ``module.``) when every key has it; else a copy.
+
+    ``nested``: strip it as long as every key still has it (a wrapper in a wrapper).
+    """
+    out = dict(state_dict)
+    while out and all(key.startswith(prefix) for key in out):
+        out = {key[len(prefix) :]: value for key, value in out.items()}
+        if not nested:
+            break
+    return out
+
+
+def load_converted(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Load converted ``tensors`` non-strictly into ``module``; returns its keys left at their initialisation.
+
+    Raises:
+        ValueError: a tensor has no counterpart in ``module``.
+    """
+    result = module.load_state_dict(dict(tensors), strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f'unexpected keys: {result.unexpected_keys}')
+    return sorted(result.missing_keys)
 
 
 def to_plain(obj: Any) -> Any:

@@ -58,6 +58,10 @@ Limits of FSDP here:
   in place, and under FSDP those are views of the flat parameter the online weights are views of too; the
   next use fails with "RuntimeError: Output 0 of View is a view and its base or another view of its base has
   been modified inplace". ALBEF at paper scale (187M trained parameters) trains with DDP.
+
+Collectives the models use in their losses (no-ops with one process): :func:`world_info` (rank and world
+size), :func:`gather_with_grad` (all processes' rows, with gradients) and :func:`select_global_rows` (chosen
+rows of the global batch, without gradients).
 """
 
 from __future__ import annotations
@@ -69,14 +73,61 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from mmengine._strategy import FSDPStrategy
 from mmengine.config import Config
-from torch import nn
+from torch import Tensor, nn
 
 from toolkit.checkpoint import install_safe_loader
 from toolkit.skips import set_ledger
 
-__all__ = ['ToolkitFSDPStrategy', 'block_wrap_policy', 'build_flexible_runner']
+__all__ = [
+    'ToolkitFSDPStrategy',
+    'block_wrap_policy',
+    'build_flexible_runner',
+    'gather_with_grad',
+    'select_global_rows',
+    'world_info',
+]
+
+
+def world_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process; ``(0, 1)`` when ``torch.distributed`` is not initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(features: Tensor) -> Tensor:
+    """Concatenate ``features`` (B, E) of all processes -> (B * world, E), gradients flowing back to each."""
+    _, world_size = world_info()
+    if world_size == 1:
+        return features
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(features.contiguous()), dim=0)  # type: ignore[no-untyped-call]
+
+
+@torch.no_grad()
+def select_global_rows(local: Tensor, rows: Tensor) -> Tensor:
+    """Rows ``rows`` (K,) of the global batch (the processes' ``local`` (B, ...) tensors concatenated in rank
+    order, as :func:`gather_with_grad` orders them) -> (K, ...), without gradients.
+
+    Each process broadcasts its batch in turn and every process keeps the rows it asked for, so at most one
+    other batch is held at a time: an all-gather would hold all W (FIBER-B's ITM negatives: 4096 images of
+    384 px, 7 GB per GPU). Every process must call it, with ``local`` of the same shape.
+    """
+    rank, world_size = world_info()
+    if world_size == 1:
+        return local[rows]
+    size = local.shape[0]
+    out = local.new_empty((len(rows), *local.shape[1:]))
+    for source in range(world_size):
+        batch = local.contiguous() if source == rank else torch.empty_like(local)
+        dist.broadcast(batch, source)
+        keep = (rows // size) == source
+        out[keep] = batch[rows[keep] % size]
+    return out
 
 
 def _full_state_dict(offload: bool) -> dict[str, Any]:
@@ -110,8 +161,6 @@ def block_wrap_policy(
 def _average_grads(params: Sequence[nn.Parameter]) -> None:
     """Average the gradients of replicated (not sharded) parameters over the processes; a missing gradient
     counts as zero (every process must take part in each all-reduce)."""
-    import torch.distributed as dist
-
     world = dist.get_world_size()
     for param in params:
         grad = param.grad if param.grad is not None else torch.zeros_like(param)

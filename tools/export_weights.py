@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from toolkit.checkpoint import safe_load
+from toolkit.checkpoint import safe_load, strip_prefix
 
 
 def export_weights(checkpoint: str, out: str, *, ema: bool = False) -> dict[str, torch.Tensor]:
@@ -26,7 +26,7 @@ def export_weights(checkpoint: str, out: str, *, ema: bool = False) -> dict[str,
         raise ValueError(f'{checkpoint} has no {key!r}: not a training checkpoint of this toolkit')
     state = ckpt[key]
     if ema:  # EMAHook's ExponentialMovingAverage keeps 'module.' names and a step counter
-        state = {k.removeprefix('module.'): v for k, v in state.items() if k != 'steps'}
+        state = strip_prefix({k: v for k, v in state.items() if k != 'steps'}, 'module.')
     # safetensors stores each tensor's own storage: tied or sliced tensors are copied to contiguous ones.
     tensors = {
         k: v.detach().cpu().contiguous().clone() for k, v in state.items() if isinstance(v, torch.Tensor)

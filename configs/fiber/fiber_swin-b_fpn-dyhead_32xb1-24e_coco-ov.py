@@ -12,4 +12,4 @@ custom_hooks = [  # a list replaces the runtime's: its two hooks and FIBER's MOD
     dict(type='EMAHook', ema_type='ExponentialMovingAverage', momentum=0.001),
 ]
 default_hooks = dict(checkpoint=dict(save_best='coco/bbox_mAP_50_novel', rule='greater'))
-load_from = None  # a FIBER fine-grained checkpoint, converted (detection/models/fiber_converters.py)
+load_from = None  # a FIBER fine-grained checkpoint, converted (pretrain/models/fiber_converters.py)

@@ -13,4 +13,4 @@ custom_hooks = [  # a list replaces the runtime's: its two hooks and FIBER's MOD
     dict(type='LossCurveHook', interval=10),
     dict(type='EMAHook', ema_type='ExponentialMovingAverage', momentum=0.001),
 ]
-load_from = None  # a FIBER fine-grained checkpoint, converted (detection/models/fiber_converters.py)
+load_from = None  # a FIBER fine-grained checkpoint, converted (pretrain/models/fiber_converters.py)

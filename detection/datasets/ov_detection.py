@@ -30,65 +30,22 @@ Both classes extend mmdet's (``CocoDataset`` / ``LVISV1Dataset``):
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import os.path as osp
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from mmdet.datasets import CocoDataset, LVISV1Dataset
 from mmengine.logging import print_log
 
+from detection.vocabulary import read_ov_split
 from toolkit.registry import DATASETS
 from toolkit.schema.annotations import check_coco_instances, check_lvis
 from toolkit.schema.files import check_files_exist, load_checked_json
 
-__all__ = ['VOCABULARIES', 'OVCocoDataset', 'OVLVISDataset', 'lvis_frequency_split', 'read_ov_split']
+__all__ = ['VOCABULARIES', 'OVCocoDataset', 'OVLVISDataset']
 
 VOCABULARIES = ('all', 'base', 'novel', 'base+novel')
 _LVIS_URL = 'http://images.cocodataset.org/'
-
-
-def lvis_frequency_split(categories: list[dict[str, Any]], where: str = 'categories') -> dict[str, list[str]]:
-    """OV-LVIS (ViLD): frequent and common categories are base, rare ones novel, from LVIS ``frequency``."""
-    if not all('frequency' in c and 'name' in c for c in categories):
-        raise ValueError(f'{where}: LVIS categories need "name" and "frequency" ("f", "c" or "r")')
-    return {
-        'base': [c['name'] for c in categories if c['frequency'] in ('f', 'c')],
-        'novel': [c['name'] for c in categories if c['frequency'] == 'r'],
-    }
-
-
-def read_ov_split(
-    ov_split: str | Mapping[str, Any] | None, data_root: str | None = None
-) -> dict[str, tuple[str, ...]] | None:
-    """``{'base': names, 'novel': names}`` from a JSON file (relative to ``data_root``) or a mapping.
-
-    An LVIS annotation file (or mapping) with ``categories`` and no ``base`` list gives ViLD's OV-LVIS split
-    (:func:`lvis_frequency_split`).
-    """
-    if ov_split is None:
-        return None
-    where = 'ov_split'
-    if isinstance(ov_split, str):
-        path = ov_split if osp.isabs(ov_split) or not data_root else osp.join(data_root, ov_split)
-        if not osp.isfile(path):
-            raise FileNotFoundError(f'ov_split file not found: {path}')
-        with open(path) as f:
-            ov_split = json.load(f)
-        where = path
-    if isinstance(ov_split, Mapping) and 'categories' in ov_split and 'base' not in ov_split:
-        ov_split = lvis_frequency_split(ov_split['categories'], where)
-    if not isinstance(ov_split, Mapping) or not all(
-        isinstance(ov_split.get(k), list | tuple) for k in ('base', 'novel')
-    ):
-        raise ValueError(
-            f'{where}: an open-vocabulary split needs "base" and "novel" lists of category names'
-        )
-    base, novel = tuple(ov_split['base']), tuple(ov_split['novel'])
-    if set(base) & set(novel):
-        raise ValueError(f'{where}: categories both base and novel: {sorted(set(base) & set(novel))}')
-    return {'base': base, 'novel': novel}
 
 
 class _OVVocabulary:

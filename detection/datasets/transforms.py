@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from mmcv.transforms import BaseTransform
 
-from detection.models.prompts import SEPARATOR, clean_name
+from detection.vocabulary import SEPARATOR, clean_name
 from toolkit.registry import TOKENIZERS, TRANSFORMS
 
 __all__ = ['SampleGroundingNames']

@@ -39,7 +39,7 @@ from mmdet.evaluation.metrics import CocoMetric, LVISMetric
 from mmengine.fileio import load
 from mmengine.logging import MMLogger
 
-from detection.datasets.ov_detection import read_ov_split
+from detection.vocabulary import read_ov_split
 from toolkit.registry import METRICS
 
 __all__ = ['OpenVocabCocoMetric', 'OpenVocabLVISMetric', 'group_ap']

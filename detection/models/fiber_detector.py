@@ -2,7 +2,7 @@
 
 Paper: Dou et al., "Coarse-to-Fine Vision-Language Pre-training with Fusion in the Backbone" (FIBER),
 NeurIPS 2022, Sec. 3.2 (fine-grained pre-training and open-vocabulary detection): image and prompt are
-encoded together by the fusion backbone (:class:`~detection.models.fiber_backbone.FIBERBackbone`), an FPN
+encoded together by the fusion backbone (:class:`~pretrain.models.fiber_backbone.FIBERBackbone`), an FPN
 lifts the Swin maps, and GLIP's head (Li et al., CVPR 2022, Sec. 3.1) scores every region against every
 prompt token, trained with the alignment (focal), GIoU and centerness losses with ATSS assignment
 (:class:`~detection.models.grounding_head.FIBERGroundingHead`). Reference code: microsoft/FIBER
@@ -33,14 +33,9 @@ from mmdet.structures import SampleList
 from torch import Tensor
 
 from detection.models.open_vocabulary import OpenVocabularyDetector, Vocabulary, check_names
-from detection.models.prompts import (
-    SEPARATOR,
-    GroundingPrompt,
-    chunk_names,
-    collate_prompts,
-    encode_prompt,
-    sample_names,
-)
+from detection.models.prompts import GroundingPrompt, chunk_names, collate_prompts, encode_prompt
+from detection.vocabulary import SEPARATOR, sample_names
+from pretrain.models.fiber_backbone import FIBERBackbone
 from toolkit.registry import MODELS, TOKENIZERS
 
 __all__ = ['FIBERDetector']
@@ -51,7 +46,7 @@ class FIBERDetector(SingleStageDetector, OpenVocabularyDetector):
     """Open-vocabulary detector with fusion in the backbone (FIBER, fine-grained).
 
     Args:
-        backbone: a :class:`~detection.models.fiber_backbone.FIBERBackbone` config (image + text).
+        backbone: a :class:`~pretrain.models.fiber_backbone.FIBERBackbone` (image + text), or its config.
         neck: an mmdet neck (``FPN``) over the backbone's ``image_feats``.
         bbox_head: a :class:`~detection.models.grounding_head.FIBERGroundingHead` config; ``lang_dim`` must be
             the text width of the backbone.
@@ -71,7 +66,7 @@ class FIBERDetector(SingleStageDetector, OpenVocabularyDetector):
     def __init__(
         self,
         *,
-        backbone: dict[str, Any],
+        backbone: FIBERBackbone | dict[str, Any],
         neck: dict[str, Any],
         bbox_head: dict[str, Any],
         tokenizer: dict[str, Any],
@@ -83,7 +78,13 @@ class FIBERDetector(SingleStageDetector, OpenVocabularyDetector):
         init_cfg: dict[str, Any] | None = None,
     ) -> None:
         BaseDetector.__init__(self, data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        self.backbone = MODELS.build(backbone)
+        if isinstance(backbone, dict):
+            backbone = MODELS.build(backbone)
+        if not isinstance(backbone, FIBERBackbone):
+            raise TypeError(
+                f'FIBERDetector: backbone must be a FIBERBackbone or its config, not {type(backbone)}'
+            )
+        self.backbone: FIBERBackbone = backbone
         self.neck = MODELS.build(neck)
         self.bbox_head = MODELS.build({**bbox_head, 'train_cfg': train_cfg, 'test_cfg': test_cfg})
         self.train_cfg = train_cfg

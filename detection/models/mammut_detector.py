@@ -11,7 +11,7 @@ model's scores at test time).
 
 Parts:
 
-* ``vlm``: the pretrained MaMMUT (built by registry name, loaded from ``pretrained``), kept frozen and in eval
+* ``vlm``: the pretrained MaMMUT (built, or its config; loaded from ``pretrained``), kept frozen and in eval
   mode. Its contrastive text pass embeds each category name (averaged over ``templates``), in batches (a
   large vocabulary: one pass per batch, not one per image). The model caches nothing: training embeds the
   batch's names at each step, and a caller that sees a vocabulary again keeps its
@@ -36,6 +36,7 @@ What differs from RO-ViT: no mask head; the learned temperature; the softmax for
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -51,9 +52,10 @@ from mmengine.model import BaseModule
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from detection.datasets.ov_detection import read_ov_split
 from detection.models.open_vocabulary import OpenVocabularyDetector, Vocabulary, check_names
-from detection.models.prompts import sample_names
+from detection.vocabulary import read_ov_split, sample_names
+from pretrain.models.mammut import MaMMUT
+from pretrain.models.vit import MaMMUTViT
 from toolkit.checkpoint import load_state_dict_file
 from toolkit.registry import MODELS
 
@@ -68,22 +70,39 @@ def format_name(template: str, name: str) -> str:
     return _ARTICLE.sub(r'\1n ', template.format(name))
 
 
+def _encoder_width(encoder: MaMMUTViT | dict[str, Any]) -> int:
+    """Token width D of a ``MaMMUTViT`` or of its config."""
+    return int(encoder.embed_dim if isinstance(encoder, MaMMUTViT) else encoder['embed_dim'])
+
+
 @MODELS.register_module()
 class MaMMUTViTBackbone(BaseModule):
     """The MaMMUT ViT as a detection backbone: the last block's tokens as a map (B, D, H / p, W / p).
 
     Args:
-        encoder: a ``MaMMUTViT`` config. Cropped positional embeddings are switched off: detection always uses
-            the full embeddings, bilinearly up-sampled to the input's patch grid (RO-ViT Sec. 3.1).
+        encoder: a :class:`MaMMUTViT`, or its config. Cropped positional embeddings are switched off:
+            detection always uses the full embeddings, bilinearly up-sampled to the input's patch grid (RO-ViT
+            Sec. 3.1).
         out_indices: blocks whose (normed) tokens are returned, as maps.
         init_cfg: mmengine init config.
     """
 
     def __init__(
-        self, *, encoder: dict[str, Any], out_indices: Sequence[int] = (-1,), init_cfg: dict | None = None
+        self,
+        *,
+        encoder: MaMMUTViT | dict[str, Any],
+        out_indices: Sequence[int] = (-1,),
+        init_cfg: dict | None = None,
     ) -> None:
         super().__init__(init_cfg=init_cfg)
-        self.encoder = MODELS.build({**encoder, 'cropped_pos_emb': False})
+        if isinstance(encoder, dict):
+            encoder = MODELS.build({**encoder, 'cropped_pos_emb': False})
+        if not isinstance(encoder, MaMMUTViT):
+            raise TypeError(
+                f'MaMMUTViTBackbone: encoder must be a MaMMUTViT or its config, not {type(encoder)}'
+            )
+        encoder.cropped_pos_emb = False
+        self.encoder: MaMMUTViT = encoder
         self.out_indices = tuple(int(i) for i in out_indices)
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
@@ -95,13 +114,14 @@ class MaMMUTDetector(TwoStageDetector, OpenVocabularyDetector):
     """Open-vocabulary two-stage detector on a pretrained MaMMUT (see the module docstring).
 
     Args:
-        vlm: the ``MaMMUT`` config of the pretrained model (image encoder, text decoder, tokenizer,
-            ``embed_dim``).
+        vlm: the pretrained :class:`MaMMUT`, or its config (image encoder, text decoder, tokenizer,
+            ``embed_dim``); its ``generation`` is switched off.
         neck: a ``SimpleFeaturePyramid`` config; ``in_channels`` defaults to the ViT width.
         rpn_head: mmdet ``RPNHead`` config.
         roi_head: mmdet ``StandardRoIHead`` config with a ``TextEmbeddingBBoxHead``; its ``embed_dim``
             defaults to ``vlm.embed_dim``.
-        backbone: a ``MaMMUTViTBackbone`` config; ``None`` builds one from ``vlm.image_encoder``.
+        backbone: a ``MaMMUTViTBackbone`` config; ``None`` builds one from ``vlm``'s image encoder (its
+            config, or a copy of the built one).
         pretrained: a MaMMUT checkpoint (local path, loaded safely by :meth:`init_weights`) for ``vlm`` and
             the backbone. ``None``: random init (tests) or weights from a detector checkpoint.
         templates: texts a name is put in; their embeddings are averaged (``'{}'`` = the name alone).
@@ -119,7 +139,7 @@ class MaMMUTDetector(TwoStageDetector, OpenVocabularyDetector):
     def __init__(
         self,
         *,
-        vlm: dict[str, Any],
+        vlm: MaMMUT | dict[str, Any],
         neck: dict[str, Any],
         rpn_head: dict[str, Any],
         roi_head: dict[str, Any],
@@ -133,10 +153,14 @@ class MaMMUTDetector(TwoStageDetector, OpenVocabularyDetector):
         data_preprocessor: dict[str, Any] | None = None,
         init_cfg: dict[str, Any] | None = None,
     ) -> None:
+        if not isinstance(vlm, MaMMUT | dict):
+            raise TypeError(f'MaMMUTDetector: vlm must be a MaMMUT or its config, not {type(vlm)}')
         if backbone is None:
-            backbone = dict(type='MaMMUTViTBackbone', encoder=vlm['image_encoder'])
-        neck = {'in_channels': int(backbone['encoder']['embed_dim']), **neck}
-        bbox_head = {'embed_dim': int(vlm['embed_dim']), **roi_head['bbox_head']}
+            encoder = copy.deepcopy(vlm.image_encoder) if isinstance(vlm, MaMMUT) else vlm['image_encoder']
+            backbone = dict(type='MaMMUTViTBackbone', encoder=encoder)
+        neck = {'in_channels': _encoder_width(backbone['encoder']), **neck}
+        vlm_dim = vlm.embed_dim if isinstance(vlm, MaMMUT) else vlm['embed_dim']
+        bbox_head = {'embed_dim': int(vlm_dim), **roi_head['bbox_head']}
         roi_head = {**roi_head, 'bbox_head': bbox_head}
         # mmdet reads the stage configs by attribute (train_cfg.rpn): plain dicts from Python work too.
         train_cfg = ConfigDict(train_cfg) if train_cfg is not None else None
@@ -154,7 +178,13 @@ class MaMMUTDetector(TwoStageDetector, OpenVocabularyDetector):
         self.freeze_backbone = bool(freeze_backbone)
         if self.freeze_backbone:
             self.backbone.requires_grad_(False)
-        self.vlm = MODELS.build({**vlm, 'generation': None})
+        # A config is built here, after the detector's parts (the order their random initialisation draws in).
+        if isinstance(vlm, dict):
+            vlm = MODELS.build({**vlm, 'generation': None})
+        if not isinstance(vlm, MaMMUT):
+            raise TypeError(f'MaMMUTDetector: vlm config builds a {type(vlm)}, not a MaMMUT')
+        vlm.generation = None
+        self.vlm: MaMMUT = vlm
         self.vlm.requires_grad_(False)
         self.vlm.eval()
         if not templates or any('{}' not in template for template in templates):
@@ -325,7 +355,7 @@ class MaMMUTDetector(TwoStageDetector, OpenVocabularyDetector):
         image (one ViT pass per region: costly).
         """
         cfg = self.ensemble or {}
-        encoder = self.vlm.image_encoder
+        encoder: MaMMUTViT = self.vlm.image_encoder
         grid = tuple(int(side) for side in encoder.grid_size)
         patch = int(encoder.patch_size)
         region = cfg.get('region', 'roi_align')

@@ -7,8 +7,8 @@ Sec. 3.2) keeps this head on top of its fusion backbone. A prompt that is too lo
 split into chunks of ``chunked_size`` names (GLIP's LVIS evaluation, 40 names a chunk), each a separate
 caption.
 
-* :func:`clean_name` makes a file's category name readable (LVIS ``'aerosol_can'`` -> ``'aerosol can'``,
-  parenthesised qualifiers dropped), as GLIP's ``clean_label_name``.
+* Names are cleaned (:func:`detection.vocabulary.clean_name`: LVIS ``'aerosol_can'`` -> ``'aerosol can'``) and
+  joined with :data:`detection.vocabulary.SEPARATOR`.
 * :func:`build_caption` joins names with ``'. '`` and ends with ``'.'``; it returns each name's character
   span in the caption.
 * :func:`encode_prompt` tokenizes the caption once, with character offsets
@@ -23,7 +23,6 @@ its +-1/+-2 character retries, and a name that would be truncated away is an err
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -31,20 +30,16 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from detection.vocabulary import SEPARATOR, clean_name
+
 __all__ = [
-    'SEPARATOR',
     'GroundingPrompt',
     'OffsetTokenizer',
     'build_caption',
     'chunk_names',
-    'clean_name',
     'collate_prompts',
     'encode_prompt',
-    'sample_names',
-    'split_caption',
 ]
-
-SEPARATOR = '. '  # GLIP/FIBER's SEPARATION_TOKENS
 
 
 class OffsetTokenizer(Protocol):
@@ -83,35 +78,6 @@ class GroundingPrompt:
 
     def __len__(self) -> int:
         return len(self.names)
-
-
-def clean_name(name: str) -> str:
-    """A category name as it reads in a prompt: no ``(...)`` qualifiers, underscores as spaces."""
-    name = re.sub(r'\(.*?\)', ' ', name).replace('_', ' ')
-    return ' '.join(name.split())
-
-
-def split_caption(caption: str, separator: str = SEPARATOR) -> tuple[str, ...]:
-    """Names of a user caption ``'red circle. blue square.'`` (GLIP's ``custom_entities`` parsing)."""
-    mark = separator.strip() or separator
-    return tuple(part.strip() for part in caption.split(mark) if part.strip())
-
-
-def sample_names(sample: Any, owner: str, separator: str = SEPARATOR) -> tuple[str, ...]:
-    """The vocabulary of a data sample: its metainfo ``text``, a tuple of names or a caption ``'a. b.'``.
-
-    ``owner`` (the detector's name) starts the error raised when there is no ``text`` or no name in it.
-    """
-    text = sample.metainfo.get('text') if hasattr(sample, 'metainfo') else None
-    if text is None:
-        raise ValueError(
-            f'{owner}: the data sample has no `text` (its vocabulary): use a dataset with '
-            "return_classes=True and PackDetInputs meta_keys with 'text', or set it on the sample"
-        )
-    names = split_caption(text, separator) if isinstance(text, str) else tuple(str(name) for name in text)
-    if not names:
-        raise ValueError(f'{owner}: empty vocabulary in the data sample text {text!r}')
-    return names
 
 
 def build_caption(names: Sequence[str], separator: str = SEPARATOR) -> tuple[str, list[tuple[int, int]]]:

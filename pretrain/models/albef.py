@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from mmengine.structures import BaseDataElement
 from torch import Tensor, nn
 
+from toolkit.distributed import gather_with_grad, world_info
 from toolkit.registry import MODELS, TOKENIZERS
 from toolkit.tokenizers import pad_id_rows
 
@@ -60,7 +61,7 @@ from .bert import BertFusionEncoder, convert_hf_bert, load_hf_bert
 from .fiber import ITMScorer, LMHead
 from .fiber_losses import sample_hard_negatives
 from .image_text_model import ImageTextModel
-from .losses import _world, gather_with_grad, global_mean
+from .losses import global_mean
 
 __all__ = ['ALBEF']
 
@@ -275,7 +276,7 @@ class ALBEF(VLBaseModel, ImageTextModel):
             return torch.tensor([int(sample.img_id) for sample in data_samples], device=device)
         if any(present):
             raise ValueError('ALBEF: only some training samples carry img_id; all or none must')
-        rank, world = _world()
+        rank, world = world_info()
         size = len(data_samples)
         first = (int(self.num_updates) * world + rank) * size
         return -2 - first - torch.arange(size, device=device)
@@ -285,7 +286,7 @@ class ALBEF(VLBaseModel, ImageTextModel):
         ``temp``)."""
         if not data_samples or not all('text' in sample for sample in data_samples):
             raise ValueError('ALBEF: every training sample needs a caption (text)')
-        _, world = _world()
+        _, world = world_info()
         device = inputs.device
         txt_ids, txt_mask = self._tokenize([s.text for s in data_samples], device, full=world > 1)
         img_ids = self._img_ids(data_samples, device)

@@ -24,7 +24,6 @@ from torch import Tensor, nn
 __all__ = [
     'convert_open_clip_text_to_decoder',
     'convert_open_clip_visual',
-    'load_check',
     'open_clip_visual_kwargs',
 ]
 
@@ -249,11 +248,3 @@ def convert_open_clip_text_to_decoder(
     if 'token_embed.weight' not in out:
         raise ValueError('not an open_clip text tower: token_embedding.weight missing')
     return out, unused
-
-
-def load_check(module: nn.Module, tensors: Mapping[str, Tensor]) -> list[str]:
-    """Load ``tensors`` non-strictly into ``module``; returns its keys left at their initialisation."""
-    result = module.load_state_dict(dict(tensors), strict=False)
-    if result.unexpected_keys:
-        raise ValueError(f'unexpected keys: {result.unexpected_keys}')
-    return sorted(result.missing_keys)

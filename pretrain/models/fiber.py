@@ -4,9 +4,9 @@ Paper: Dou et al., "Coarse-to-Fine Vision-Language Pre-training with Fusion in t
 2022, Sec. 3.2 (coarse-grained pre-training) and Sec. 4.1 (image captioning). Reference code: microsoft/FIBER
 ``coarse_grained/fiber/modules/{fiber_module,objectives,heads}.py``.
 
-The backbone is ``FIBERBackbone`` (Swin + RoBERTa with gated cross-attention in their last K blocks/layers),
-built by registry name from ``toolkit.registry.MODELS``; pretrain/ never imports detection/. Per
-training step, on B image-caption pairs:
+The backbone is :class:`~pretrain.models.fiber_backbone.FIBERBackbone` (Swin + RoBERTa with gated
+cross-attention in their last K blocks/layers; FIBER's detector in detection/ reuses it). Per training step,
+on B image-caption pairs:
 
 * ITC, fusion off (the backbone is a dual encoder): image embedding = mean of the last-stage Swin tokens after
   its output norm, linearly projected; text embedding = the first (BOS) token's last hidden state, linearly
@@ -63,18 +63,18 @@ from einops import rearrange
 from mmengine.structures import BaseDataElement
 from torch import Tensor, nn
 
+from toolkit.distributed import gather_with_grad, select_global_rows, world_info
 from toolkit.registry import MODELS, TOKENIZERS
 from toolkit.tokenizers import pad_id_rows
 
 from .base import VLBaseModel
+from .fiber_backbone import FIBERBackbone
 from .fiber_losses import sample_hard_negatives
+from .generation import GENERATION_KEYS
 from .generation import generate as generate_ids
 from .image_text_model import ImageTextModel
-from .losses import _world, gather_with_grad, select_global_rows
 
 __all__ = ['FIBER', 'ITMHead', 'ITMScorer', 'LMHead']
-
-_GENERATION_KEYS = {'method', 'beam_size', 'max_len', 'min_len', 'length_penalty'}
 
 
 class ITMHead(nn.Module):
@@ -148,9 +148,10 @@ class FIBER(VLBaseModel, ImageTextModel):
     """FIBER pretraining / captioning model on ``FIBERBackbone``.
 
     Args:
-        backbone: ``FIBERBackbone`` config (built from ``MODELS``; must set ``text`` or ``preset``). Unless
-            ``text`` has ``pretrained``, its ``vocab_size`` and ``pad_token_id`` are set from the tokenizer
-            (plus the appended mask id). The last Swin stage must be in ``image.out_indices``.
+        backbone: a :class:`FIBERBackbone`, or its config (built from ``MODELS``; must set ``text`` or
+            ``preset``). Unless ``text`` has ``pretrained``, a config's ``vocab_size`` and ``pad_token_id``
+            are set from the tokenizer (plus the appended mask id); a built backbone must already match
+            them. The last Swin stage must be in ``image.out_indices``.
         tokenizer: config built from ``TOKENIZERS`` (or a built tokenizer).
         embed_dim: E, the ITC embedding size (FIBER: 768, its ``hidden_size``).
         itc_loss: ITC loss config (e.g. ``InfoNCELoss``); ``None`` = no ITC (and no retrieval embeddings).
@@ -175,7 +176,7 @@ class FIBER(VLBaseModel, ImageTextModel):
     def __init__(
         self,
         *,
-        backbone: dict,
+        backbone: FIBERBackbone | dict,
         tokenizer: dict | Any,
         embed_dim: int = 256,
         itc_loss: dict | None = None,
@@ -198,9 +199,9 @@ class FIBER(VLBaseModel, ImageTextModel):
         if itm_loss is not None and itc_loss is None:
             raise ValueError('FIBER: itm_loss draws its hard negatives from ITC; configure itc_loss too')
         if generation is not None:
-            if set(generation) - _GENERATION_KEYS:
+            if set(generation) - GENERATION_KEYS:
                 raise ValueError(
-                    f'FIBER: unknown generation keys {sorted(set(generation) - _GENERATION_KEYS)}'
+                    f'FIBER: unknown generation keys {sorted(set(generation) - GENERATION_KEYS)}'
                 )
             if caption_loss is None:
                 raise ValueError('FIBER: generation needs the captioning pass (caption_loss)')
@@ -210,7 +211,13 @@ class FIBER(VLBaseModel, ImageTextModel):
         self.generation = dict(generation) if generation is not None else None
         self.itm_eval_batch_size = int(itm_eval_batch_size)
 
-        self.backbone = MODELS.build(self._backbone_cfg(backbone, max(tok_vocab, self.mask_token_id + 1)))
+        if isinstance(backbone, dict):
+            backbone = MODELS.build(self._backbone_cfg(backbone, max(tok_vocab, self.mask_token_id + 1)))
+        if not isinstance(backbone, FIBERBackbone):
+            raise TypeError(
+                f'FIBER: backbone must be a FIBERBackbone or its config, not {type(backbone).__name__}'
+            )
+        self.backbone: FIBERBackbone = backbone
         self._check_backbone()
         if fusion_gate_init is not None:
             with torch.no_grad():
@@ -401,7 +408,7 @@ class FIBER(VLBaseModel, ImageTextModel):
         processes, which share ITM candidates)."""
         present = ['img_id' in sample for sample in data_samples]
         if not any(present):
-            rank, _ = _world()
+            rank, _ = world_info()
             return torch.arange(len(data_samples), device=device) + rank * len(data_samples)
         if not all(present):
             raise ValueError('FIBER: only some training samples carry img_id; all or none must')
@@ -468,7 +475,7 @@ class FIBER(VLBaseModel, ImageTextModel):
         without gradients: the fused pass of a pair runs on the process of its anchor, so nothing needs to
         flow back to the process a negative came from."""
         img_ids = self._img_ids(samples, images.device)
-        _, world = _world()
+        _, world = world_info()
         if world == 1:
             neg = sample_hard_negatives(logits_i2t, img_ids)
         else:

@@ -18,7 +18,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ['beam_search', 'generate', 'greedy_search']
+__all__ = ['GENERATION_KEYS', 'beam_search', 'generate', 'greedy_search']
+
+# The options of a model's ``generation`` config (MaMMUT, FIBER): ``method`` and :func:`generate`'s settings.
+GENERATION_KEYS = frozenset({'method', 'beam_size', 'max_len', 'min_len', 'length_penalty'})
 
 
 def _next_logprobs(decoder, seqs: Tensor, img_ctx: Tensor, img_mask: Tensor | None, cache) -> Tensor:

@@ -31,6 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from toolkit.distributed import gather_with_grad, world_info
 from toolkit.registry import MODELS
 
 __all__ = [
@@ -38,49 +39,9 @@ __all__ = [
     'FocalContrastiveLoss',
     'InfoNCELoss',
     'contrastive_logits',
-    'gather_with_grad',
     'global_mean',
-    'select_global_rows',
     'sigmoid_focal_loss',
 ]
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def gather_with_grad(features: Tensor) -> Tensor:
-    """Concatenate ``features`` (B, E) of all processes -> (B * world, E), gradients flowing back to each."""
-    _, world_size = _world()
-    if world_size == 1:
-        return features
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(features.contiguous()), dim=0)
-
-
-@torch.no_grad()
-def select_global_rows(local: Tensor, rows: Tensor) -> Tensor:
-    """Rows ``rows`` (K,) of the global batch (the processes' ``local`` (B, ...) tensors concatenated in rank
-    order, as :func:`gather_with_grad` orders them) -> (K, ...), without gradients.
-
-    Each process broadcasts its batch in turn and every process keeps the rows it asked for, so at most one
-    other batch is held at a time: an all-gather would hold all W (FIBER-B's ITM negatives: 4096 images of
-    384 px, 7 GB per GPU). Every process must call it, with ``local`` of the same shape.
-    """
-    rank, world_size = _world()
-    if world_size == 1:
-        return local[rows]
-    size = local.shape[0]
-    out = local.new_empty((len(rows), *local.shape[1:]))
-    for source in range(world_size):
-        batch = local.contiguous() if source == rank else torch.empty_like(local)
-        dist.broadcast(batch, source)
-        keep = (rows // size) == source
-        out[keep] = batch[rows[keep] % size]
-    return out
 
 
 def global_mean(total: Tensor, count: Tensor | int) -> Tensor:
@@ -92,7 +53,7 @@ def global_mean(total: Tensor, count: Tensor | int) -> Tensor:
     the gradient of the global mean, as one process with the whole batch would compute it. A zero count gives
     0 (with a graph), not NaN.
     """
-    _, world_size = _world()
+    _, world_size = world_info()
     count = torch.as_tensor(count, dtype=torch.float32, device=total.device).detach()
     if world_size == 1:
         return total / count.clamp(min=1.0)
@@ -116,7 +77,7 @@ def contrastive_logits(
     of each row ``labels`` (B,) = ``rank * B + arange(B)``. Hard negative texts ``neg_txt_emb`` (B, E), one
     per image (NegCLIP), are extra negative columns of every image's row, after the captions.
     """
-    rank, _ = _world()
+    rank, _ = world_info()
     img_emb, txt_emb = img_emb.float(), txt_emb.float()
     img_all, txt_all = gather_with_grad(img_emb), gather_with_grad(txt_emb)
     if neg_txt_emb is not None:

@@ -12,11 +12,12 @@ when widths differ; the logged contrastive accuracies use the local batch only. 
 decoder is built without cross-attention or LM head (every parameter is used, no DDP
 ``find_unused_parameters`` needed): the pure contrastive baseline.
 
-Video (MaMMUT Sec. 3.3, TubeViT): with a ``video_tokenizer`` (e.g. ``SparseTubeTokenizer``), clips
-(B, 3, T, H, W) are tokenized into sparse tubes and strided 2D patches and run through the SAME ViT;
-everything after the ViT is shared with images. The tubes are initialised from the ViT's linear patch
-embedding, also when an image-only checkpoint is loaded (a load-state-dict hook fills in the missing tube
-weights from the checkpoint's patch embedding); with a convolutional stem they start from random weights.
+Video (MaMMUT Sec. 3.3, TubeViT): with a ``video_tokenizer`` (``SparseTubeTokenizer``, in
+:mod:`pretrain.models.tube_tokenizer`), clips (B, 3, T, H, W) are tokenized into sparse tubes and strided 2D
+patches and run through the SAME ViT; everything after the ViT is shared with images. The tubes are
+initialised from the ViT's linear patch embedding, also when an image-only checkpoint is loaded (a
+load-state-dict hook fills in the missing tube weights from the checkpoint's patch embedding); with a
+convolutional stem they start from random weights.
 
 Open-ended (video) question answering is the generative pass with the question as a prefix: the decoder reads
 ``[bos] question answer [eos]``, the loss covers the answer and EOS only, and prediction forces the question
@@ -42,13 +43,15 @@ from torch import Tensor, nn
 from toolkit.registry import MODELS, TOKENIZERS
 
 from .base import VLBaseModel
+from .generation import GENERATION_KEYS
 from .generation import generate as generate_ids
 from .image_text_model import ImageTextModel
 from .text_decoder import CrossAttention
+from .tube_tokenizer import SparseTubeTokenizer
+from .vit import MaMMUTViT
 
 __all__ = ['AttentionPool', 'MaMMUT']
 
-_GENERATION_KEYS = {'method', 'beam_size', 'max_len', 'min_len', 'length_penalty'}
 _TUBE_KEY = 'video_tokenizer.tubes.'
 _PATCH_KEY = 'image_encoder.patch_embed.'
 
@@ -73,8 +76,7 @@ class MaMMUT(VLBaseModel, ImageTextModel):
     """MaMMUT pretraining model (contrastive + captioning with one decoder).
 
     Args:
-        image_encoder: config of the ViT (e.g. ``MaMMUTViT``); must expose ``embed_dim`` and return
-            ``img_tokens`` (B, N, D_img).
+        image_encoder: the :class:`MaMMUTViT`, or its config; returns ``img_tokens`` (B, N, D_img).
         text_decoder: config of ``MaMMUTTextDecoder``; ``vocab_size`` comes from the tokenizer,
             ``context_length`` defaults to the tokenizer's and ``embed_dim`` is set to ``embed_dim``.
         tokenizer: config built from ``TOKENIZERS`` (an already built tokenizer object is accepted too).
@@ -88,8 +90,8 @@ class MaMMUT(VLBaseModel, ImageTextModel):
             length_penalty=...)`` used by ``predict``; ``None`` skips captioning.
         logit_scale_init: initial temperature ``exp(logit_scale)`` (CLIP: 1 / 0.07); clamped at 100.
         logit_bias_init: initial bias of the sigmoid (focal) form (SigLIP: -10).
-        video_tokenizer: config of a clip tokenizer (``SparseTubeTokenizer``); its ``embed_dim`` and
-            ``patch_size`` come from the image encoder. ``None``: images only.
+        video_tokenizer: the clip tokenizer (:class:`SparseTubeTokenizer`), or its config, whose
+            ``embed_dim`` and ``patch_size`` default to the image encoder's. ``None``: images only.
         answer_max_len: most answer tokens generated for a question.
         data_preprocessor: MMEngine data preprocessor config.
         init_cfg: MMEngine init config.
@@ -98,7 +100,7 @@ class MaMMUT(VLBaseModel, ImageTextModel):
     def __init__(
         self,
         *,
-        image_encoder: dict,
+        image_encoder: MaMMUTViT | dict,
         text_decoder: dict,
         tokenizer: dict | Any,
         contrastive_loss: dict | None = None,
@@ -110,7 +112,7 @@ class MaMMUT(VLBaseModel, ImageTextModel):
         generation: dict | None = None,
         logit_scale_init: float = 1 / 0.07,
         logit_bias_init: float = -10.0,
-        video_tokenizer: dict | None = None,
+        video_tokenizer: SparseTubeTokenizer | dict | None = None,
         answer_max_len: int = 5,
         data_preprocessor: dict | None = None,
         init_cfg: dict | list[dict] | None = None,
@@ -118,8 +120,8 @@ class MaMMUT(VLBaseModel, ImageTextModel):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if pool not in ('avg', 'attn'):
             raise ValueError(f"pool must be 'avg' or 'attn', got {pool!r}")
-        if generation is not None and set(generation) - _GENERATION_KEYS:
-            raise ValueError(f'unknown generation keys {sorted(set(generation) - _GENERATION_KEYS)}')
+        if generation is not None and set(generation) - GENERATION_KEYS:
+            raise ValueError(f'unknown generation keys {sorted(set(generation) - GENERATION_KEYS)}')
         self.tokenizer = TOKENIZERS.build(tokenizer) if isinstance(tokenizer, dict) else tokenizer
         self.embed_dim = embed_dim
         self.pool = pool
@@ -128,13 +130,27 @@ class MaMMUT(VLBaseModel, ImageTextModel):
         self.generation = dict(generation) if generation is not None else None
         self.answer_max_len = answer_max_len
 
-        self.image_encoder = MODELS.build(image_encoder)
+        if isinstance(image_encoder, dict):
+            image_encoder = MODELS.build(image_encoder)
+        if not isinstance(image_encoder, MaMMUTViT):
+            raise TypeError(
+                f'MaMMUT: image_encoder must be a MaMMUTViT or its config, not {type(image_encoder)}'
+            )
+        self.image_encoder: MaMMUTViT = image_encoder
         img_dim = int(self.image_encoder.embed_dim)
+        self.video_tokenizer: SparseTubeTokenizer | None
         if video_tokenizer is not None:
-            cfg = dict(video_tokenizer)
-            cfg.setdefault('embed_dim', img_dim)
-            cfg.setdefault('patch_size', int(self.image_encoder.patch_size))
-            self.video_tokenizer = MODELS.build(cfg)
+            if isinstance(video_tokenizer, dict):
+                cfg = dict(video_tokenizer)
+                cfg.setdefault('embed_dim', img_dim)
+                cfg.setdefault('patch_size', int(self.image_encoder.patch_size))
+                video_tokenizer = MODELS.build(cfg)
+            if not isinstance(video_tokenizer, SparseTubeTokenizer):
+                kind = type(video_tokenizer)
+                raise TypeError(
+                    f'MaMMUT: video_tokenizer must be a SparseTubeTokenizer or its config, not {kind}'
+                )
+            self.video_tokenizer = video_tokenizer
             patch = self._linear_patch_embed()
             if patch is not None:
                 self.video_tokenizer.inflate_patch_kernel(patch.weight, patch.bias)
@@ -145,8 +161,8 @@ class MaMMUT(VLBaseModel, ImageTextModel):
         dec_width = int(self.text_decoder.width)
 
         if pool == 'attn':
-            blocks = getattr(self.image_encoder, 'blocks', None)
-            heads = blocks[0].attn.num_heads if blocks else 1
+            blocks = self.image_encoder.blocks
+            heads = blocks[0].attn.num_heads if len(blocks) else 1
             self.img_pool = AttentionPool(img_dim, heads)
         else:
             self.img_pool = None
@@ -188,7 +204,7 @@ class MaMMUT(VLBaseModel, ImageTextModel):
         return cfg
 
     def _linear_patch_embed(self) -> nn.Conv2d | None:
-        patch = getattr(self.image_encoder, 'patch_embed', None)
+        patch = self.image_encoder.patch_embed
         return patch if isinstance(patch, nn.Conv2d) else None
 
     def _inflate_missing_tubes(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:

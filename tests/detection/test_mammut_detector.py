@@ -349,6 +349,28 @@ def test_backbone_uses_the_full_positional_embeddings_in_training() -> None:
     torch.testing.assert_close(model.backbone(images)[0], model.backbone(images)[0])  # no random crop
 
 
+def test_a_built_mammut_is_accepted_typed_with_the_same_state_dict_keys() -> None:
+    """``vlm`` may be a built ``MaMMUT`` (detectron2 style): the backbone is a copy of its ViT (same weights,
+    own parameters, full positional embeddings) and the detector's state dict has the keys of the
+    config-built one, so checkpoints load either way."""
+    from pretrain.models.mammut import MaMMUT
+
+    model_cfg = _cfg().model.to_dict()
+    from_config = MODELS.build(model_cfg)
+    vlm = MODELS.build(model_cfg['vlm'])
+    assert isinstance(vlm, MaMMUT)
+    detector = MODELS.build({**model_cfg, 'vlm': vlm})
+    assert detector.vlm is vlm and vlm.generation is None and not vlm.training
+    assert detector.backbone.encoder is not vlm.image_encoder
+    assert not detector.backbone.encoder.cropped_pos_emb
+    for name, value in vlm.image_encoder.state_dict().items():
+        assert torch.equal(detector.backbone.encoder.state_dict()[name], value)
+    assert list(detector.state_dict()) == list(from_config.state_dict())
+    with pytest.raises(TypeError, match='vlm must be a MaMMUT'):
+        MODELS.build({**model_cfg, 'vlm': vlm.image_encoder, 'backbone': dict(type='MaMMUTViTBackbone',
+                      encoder=model_cfg['vlm']['image_encoder'])})  # fmt: skip
+
+
 def test_pretrained_mammut_weights_load_into_the_frozen_model_and_the_backbone(tmp_path: Path) -> None:
     torch.manual_seed(3)
     mammut = MODELS.build(Config.fromfile(str(REPO / PRETRAIN_CONFIG)).model)

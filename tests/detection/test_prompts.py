@@ -12,14 +12,8 @@ from mmdet.structures.bbox import HorizontalBoxes
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from detection.datasets.transforms import SampleGroundingNames
-from detection.models.prompts import (
-    build_caption,
-    chunk_names,
-    clean_name,
-    collate_prompts,
-    encode_prompt,
-    split_caption,
-)
+from detection.models.prompts import build_caption, chunk_names, collate_prompts, encode_prompt
+from detection.vocabulary import clean_name, split_caption
 from toolkit.tokenizers import HFTokenizer
 
 REPO = Path(__file__).resolve().parents[2]

@@ -24,13 +24,13 @@ import torch
 from mmengine.config import Config
 from torch import Tensor, nn
 
-import detection.models.fiber_backbone as fiber_backbone_module
 import pretrain.models.bert as bert_module
+import pretrain.models.fiber_backbone as fiber_backbone_module
 import pretrain.models.multiway as multiway_module
 import pretrain.models.text_decoder as text_decoder_module
 import pretrain.models.vit as vit_module
-from detection.models.fiber_backbone import FIBERBackbone
 from pretrain.models.bert import BertFusionEncoder
+from pretrain.models.fiber_backbone import FIBERBackbone
 from pretrain.models.multiway import MultiwayTransformer
 from pretrain.models.text_decoder import MaMMUTTextDecoder
 from pretrain.models.vit import MaMMUTViT

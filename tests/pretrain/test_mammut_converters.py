@@ -9,11 +9,11 @@ from open_clip.transformer import TextTransformer, VisionTransformer
 from pretrain.models.converters import (
     convert_open_clip_text_to_decoder,
     convert_open_clip_visual,
-    load_check,
     open_clip_visual_kwargs,
 )
 from pretrain.models.text_decoder import MaMMUTTextDecoder
 from pretrain.models.vit import MaMMUTViT
+from toolkit.checkpoint import load_converted
 
 
 def _open_clip_vit(**kwargs) -> VisionTransformer:
@@ -33,7 +33,7 @@ def test_visual_parity_with_open_clip():
     kwargs = open_clip_visual_kwargs(state, num_heads=4)
     assert kwargs['img_size'] == 32 and kwargs['depth'] == 2 and kwargs['output_dim'] == 32
     ours = MaMMUTViT(**kwargs).eval()
-    assert load_check(ours, convert_open_clip_visual(state)) == []
+    assert load_converted(ours, convert_open_clip_visual(state)) == []
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         expected = ref(images)
@@ -52,7 +52,7 @@ def test_visual_without_ln_pre_and_without_proj():
     kwargs = open_clip_visual_kwargs(state, num_heads=4)
     assert kwargs['pre_norm'] is False
     ours = MaMMUTViT(**{**kwargs, 'output_dim': None}).eval()
-    assert load_check(ours, convert_open_clip_visual(state, with_proj=False)) == []
+    assert load_converted(ours, convert_open_clip_visual(state, with_proj=False)) == []
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         pooled = ours.forward_pooled(images)
@@ -96,7 +96,7 @@ def test_text_parity_with_open_clip_causal_tokens():
     decoder = _decoder()
     tensors, unused = convert_open_clip_text_to_decoder(ref.state_dict(), decoder)
     assert unused == {}
-    missing = load_check(decoder, tensors)
+    missing = load_converted(decoder, tensors)
     cross = {name for name, _ in decoder.cross_attention_parameters()}
     assert set(missing) == cross  # cross-attention and the untied LM head keep their init
     assert any('cross_attn' in name for name in missing) and 'lm_head.weight' in missing

@@ -13,7 +13,15 @@ from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
-from toolkit.checkpoint import UnsafeCheckpointError, from_plain, load_state_dict_file, safe_load, to_plain
+from toolkit.checkpoint import (
+    UnsafeCheckpointError,
+    from_plain,
+    load_converted,
+    load_state_dict_file,
+    safe_load,
+    strip_prefix,
+    to_plain,
+)
 from toolkit.hooks import SafeCheckpointHook
 
 
@@ -114,3 +122,29 @@ def test_state_dict_file_formats(tmp_path: Path) -> None:
     torch.save({'state_dict': sd}, tmp_path / 'm.pth')
     assert torch.equal(load_state_dict_file(tmp_path / 'm.safetensors')['w'], sd['w'])
     assert torch.equal(load_state_dict_file(str(tmp_path / 'm.pth'))['w'], sd['w'])
+
+
+def test_state_dict_file_unwraps_only_the_wrappers_asked_for(tmp_path: Path) -> None:
+    sd = {'w': torch.randn(2)}
+    torch.save({'model': sd, 'iteration': 3}, tmp_path / 'mrcnn.pth')  # maskrcnn_benchmark's layout
+    with pytest.raises(UnsafeCheckpointError, match='state dict of tensors'):
+        load_state_dict_file(tmp_path / 'mrcnn.pth')
+    loaded = load_state_dict_file(tmp_path / 'mrcnn.pth', wrappers=('state_dict', 'model', 'module'))
+    assert torch.equal(loaded['w'], sd['w'])
+
+
+def test_strip_prefix_only_when_every_key_has_it() -> None:
+    one = torch.zeros(1)
+    assert strip_prefix({'module.a': one, 'module.b': one}) == {'a': one, 'b': one}
+    assert strip_prefix({'module.a': one, 'b': one}) == {'module.a': one, 'b': one}  # not a wrapper
+    assert strip_prefix({'module.module.a': one}) == {'module.a': one}
+    assert strip_prefix({'module.module.a': one}, nested=True) == {'a': one}
+    assert strip_prefix({'ema.a': one}, 'ema.') == {'a': one}
+
+
+def test_load_converted_returns_missing_keys_and_refuses_unexpected_ones() -> None:
+    module = torch.nn.Linear(2, 2)
+    assert load_converted(module, {'weight': torch.ones(2, 2)}) == ['bias']
+    assert torch.equal(module.weight, torch.ones(2, 2))
+    with pytest.raises(ValueError, match='unexpected keys'):
+        load_converted(module, {'other': torch.ones(1)})

@@ -19,6 +19,7 @@ PACKAGES = [
     'lvis', 'pycocoevalcap', 'tokenizers', 'transformers', 'matplotlib',
     'torchscale.model.BEiT3',  # test extra: fairscale + timm pins overridden (requirements/overrides.txt)
     'starlette', 'uvicorn', 'multipart', 'jinja2', 'selenium',  # app extra (tools/demo/app.py), its test
+    'importlinter',  # test extra: lint-imports checks the package layering (setup.cfg)
     'toolkit', 'pretrain', 'detection', 'video',
 ]  # fmt: skip
 

@@ -3,7 +3,7 @@
 # fine_grained/configs/e2e_dyhead_SwinT_B_FPN_coco_finetuning_fusion_backbone.yaml).
 # Local files, nothing is downloaded: data/pretrained/roberta-base/ (Hugging Face folder: config.json,
 # weights, tokenizer.json). Fine-tuning starts from a FIBER fine-grained checkpoint converted with
-# detection.models.fiber_converters.convert_fiber_checkpoint (set load_from in the config that uses this).
+# pretrain.models.fiber_converters.convert_fiber_checkpoint (set load_from in the config that uses this).
 roberta = 'data/pretrained/roberta-base/'
 model = dict(
     type='FIBERDetector',

@@ -14,13 +14,13 @@ from mmdet.models.backbones import SwinTransformer
 from torch import Tensor, nn
 from transformers import RobertaConfig, RobertaForMaskedLM, RobertaModel
 
-from detection.models.fiber_backbone import FIBER_PRESETS, FIBERBackbone
-from detection.models.fiber_converters import (
+from pretrain.models.fiber_backbone import FIBER_PRESETS, FIBERBackbone
+from pretrain.models.fiber_converters import (
     convert_fiber_checkpoint,
     convert_hf_roberta,
     convert_timm_swin,
-    load_converted,
 )
+from toolkit.checkpoint import load_converted
 from toolkit.registry import MODELS
 
 # Four stages, the last K=4 blocks straddle stages 3 and 4 (2 + 2); six text layers, the last four fused.

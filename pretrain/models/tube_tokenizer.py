@@ -43,6 +43,8 @@ from torch import Tensor, nn
 
 from toolkit.registry import MODELS
 
+from .vit import MaMMUTViT
+
 __all__ = ['DEFAULT_TUBES', 'SparseTubeTokenizer', 'TubeSpec', 'sincos_3d', 'tube_centres', 'tube_grid']
 
 DEFAULT_TUBES: tuple[dict[str, tuple[int, int, int]], ...] = (
@@ -244,8 +246,8 @@ class SparseTubeTokenizer(nn.Module):
         self.tubes.load_state_dict(self.inflated_state(patch_weight, patch_bias))
 
     # ------------------------------------------------------------------ forward
-    def forward(self, clips: Tensor, vit: nn.Module) -> Tensor:
-        """Embed ``clips`` (B, C, T, H, W) for ``vit`` (a ``MaMMUTViT``) -> ``vid_tokens`` (B, N, D).
+    def forward(self, clips: Tensor, vit: MaMMUTViT) -> Tensor:
+        """Embed ``clips`` (B, C, T, H, W) for ``vit`` -> ``vid_tokens`` (B, N, D).
 
         ``vit`` provides ``patch_embed`` (the 2D patches) and ``sample_pos_embed`` (its learned embeddings at
         continuous positions); it is passed in, not owned, so its parameters stay in one place.

@@ -1,4 +1,4 @@
-"""State-dict converters into :class:`~detection.models.fiber_backbone.FIBERBackbone` (tensor layouts only).
+"""State-dict converters into :class:`~pretrain.models.fiber_backbone.FIBERBackbone` (tensor layouts only).
 
 * :func:`convert_timm_swin`: a timm ``SwinTransformer`` state dict -> mmdet Swin keys (``image.`` prefixed,
   as inside ``FIBERBackbone``; ``prefix=''`` for a bare mmdet ``SwinTransformer``). timm >= 0.9 puts
@@ -19,7 +19,8 @@ Every converter returns ``(tensors, unused)``: ``unused`` names each input key t
 Patch merging: official/timm concatenate the 2x2 neighbours as (0,0), (1,0), (0,1), (1,1) (row, column);
 mmdet's ``nn.Unfold`` is channel-major with (0,0), (0,1), (1,0), (1,1), so the reduction's input columns and
 the norm's entries are reordered (as mmdet's own ``swin_converter``). Files are read with
-:func:`read_state_dict` (``toolkit.checkpoint``'s ``weights_only`` loading).
+:func:`toolkit.checkpoint.load_state_dict_file` (``weights_only``) and converted tensors loaded with
+:func:`toolkit.checkpoint.load_converted`.
 """
 
 from __future__ import annotations
@@ -27,24 +28,22 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from einops import rearrange
-from torch import Tensor, nn
+from torch import Tensor
 
-from toolkit.checkpoint import UnsafeCheckpointError, load_state_dict_file, safe_load
+from toolkit.checkpoint import load_converted, load_state_dict_file, strip_prefix
 
 if TYPE_CHECKING:
-    from detection.models.fiber_backbone import FIBERBackbone
+    from .fiber_backbone import FIBERBackbone
 
 __all__ = [
     'convert_fiber_checkpoint',
     'convert_hf_roberta',
     'convert_timm_swin',
-    'load_converted',
     'load_fiber_checkpoint',
-    'read_state_dict',
 ]
 
 _BLOCK_KEY = re.compile(r'^layers\.(\d+)\.blocks\.(\d+)\.(.+)$')
@@ -101,13 +100,6 @@ def _unfold_reduction(weight: Tensor) -> Tensor:
 def _unfold_norm(value: Tensor) -> Tensor:
     """Patch-merging ``norm.{weight,bias}`` (4C,) from the concatenation order to mmdet's unfold order."""
     return rearrange(rearrange(value, '(k c) -> k c', k=4)[_MERGE_ORDER], 'k c -> (c k)')
-
-
-def _strip_wrappers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    out = dict(state_dict)
-    while out and all(key.startswith('module.') for key in out):
-        out = {key[len('module.') :]: value for key, value in out.items()}
-    return out
 
 
 def _map_swin(
@@ -249,7 +241,7 @@ def convert_timm_swin(
     timm's final ``norm`` becomes ``norm{last stage}`` (the last output's norm; the other output norms have no
     timm counterpart and keep their initialisation). Raises ``ValueError`` on tensors it cannot place.
     """
-    swin = _strip_wrappers(state_dict)
+    swin = strip_prefix(state_dict, 'module.', nested=True)
     if not any(_BLOCK_KEY.match(key) for key in swin):
         raise ValueError('not a Swin state dict: no layers.<stage>.blocks.<block>.* tensors')
     official_layout = any(key.startswith('layers.0.downsample.') for key in swin)
@@ -265,7 +257,7 @@ def convert_timm_swin(
 
 def convert_hf_roberta(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
     """``transformers`` RoBERTa (bare, or ``roberta.`` prefixed as ``RobertaForMaskedLM``) -> ``text.*``."""
-    text = _strip_wrappers(state_dict)
+    text = strip_prefix(state_dict, 'module.', nested=True)
     unused: dict[str, str] = {}
     if any(key.startswith('roberta.') for key in text):
         for key in text:
@@ -288,11 +280,12 @@ def convert_fiber_checkpoint(
 ) -> tuple[dict[str, Tensor], dict[str, str]]:
     """An official FIBER state dict (fine- or coarse-grained) -> ``backbone``'s (a ``FIBERBackbone``).
 
-    Returns ``(tensors, unused)``; load with :func:`load_converted`. Heads, FPN, queues and the like are
-    returned in ``unused``. Raises ``ValueError`` when the checkpoint fuses other blocks/layers than
-    ``backbone`` (``fusion_layers``), or on shape mismatches (``image_query_norm``, widths, depths).
+    Returns ``(tensors, unused)``; load with :func:`~toolkit.checkpoint.load_converted`. Heads, FPN, queues
+    and the like are returned in ``unused``. Raises ``ValueError`` when the checkpoint fuses other
+    blocks/layers than ``backbone`` (``fusion_layers``), or on shape mismatches (``image_query_norm``, widths,
+    depths).
     """
-    flat = _strip_wrappers(state_dict)
+    flat = strip_prefix(state_dict, 'module.', nested=True)
     found = [
         (name, image_prefix, text_prefix)
         for name, (image_prefix, text_prefix) in _FIBER_FLAVOURS.items()
@@ -331,33 +324,10 @@ def convert_fiber_checkpoint(
     return out, unused
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """A state dict from ``.safetensors`` or a torch file (``weights_only``), unwrapping ``state_dict``,
-    ``model`` (maskrcnn_benchmark) or ``module`` entries."""
-    path = os.fspath(path)
-    if path.endswith('.safetensors'):
-        return load_state_dict_file(path)
-    obj: Any = safe_load(path)
-    for wrapper in ('state_dict', 'model', 'module'):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise UnsafeCheckpointError(f'{path} does not hold a state dict of tensors')
-    return obj
-
-
-def load_converted(module: nn.Module, tensors: Mapping[str, Tensor]) -> list[str]:
-    """Load ``tensors`` non-strictly; returns the keys of ``module`` left at their initialisation."""
-    result = module.load_state_dict(dict(tensors), strict=False)
-    if result.unexpected_keys:
-        raise ValueError(f'unexpected keys: {result.unexpected_keys}')
-    return sorted(result.missing_keys)
-
-
 def load_fiber_checkpoint(
     backbone: FIBERBackbone, path: str | os.PathLike[str]
 ) -> tuple[list[str], dict[str, str]]:
     """Read an official FIBER checkpoint file into ``backbone``: returns (keys left at init, unused keys)."""
-    tensors, unused = convert_fiber_checkpoint(read_state_dict(path), backbone)
+    state_dict = load_state_dict_file(path, wrappers=('state_dict', 'model', 'module'))
+    tensors, unused = convert_fiber_checkpoint(state_dict, backbone)
     return load_converted(backbone, tensors), unused

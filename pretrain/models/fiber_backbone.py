@@ -13,7 +13,7 @@ last 4 blocks of stage 3 and both of stage 4), and the last K RoBERTa layers are
 step the image block's cross-attention reads the text state entering the k-th fused text layer and that
 layer's cross-attention reads the image tokens entering the k-th fused block (after patch merging when the
 block opens a stage), as FIBER's ``infer`` does. Every update goes through a scalar gate ``alpha``
-initialised to 0 (:class:`~detection.models.fiber_fusion.GatedCrossAttention`), so at initialisation the model
+initialised to 0 (:class:`~pretrain.models.fiber_fusion.GatedCrossAttention`), so at initialisation the model
 is exactly the two uni-modal backbones.
 
 Where the cross-attention sits (where FIBER puts it, which keeps parity with its checkpoints exact):
@@ -57,8 +57,9 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import RobertaConfig, RobertaModel
 
-from detection.models.fiber_fusion import GatedCrossAttention, key_padding_mask
 from toolkit.registry import MODELS
+
+from .fiber_fusion import GatedCrossAttention, key_padding_mask
 
 __all__ = [
     'FIBER_PRESETS',

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pretrain.models.tube_tokenizer import SparseTubeTokenizer, TubeSpec, sincos_3d, tube_centres, tube_grid
 from pretrain.models.vit import MaMMUTViT
-from video.models.tube_tokenizer import SparseTubeTokenizer, TubeSpec, sincos_3d, tube_centres, tube_grid
 
 
 def _vit(img_size: int = 32, patch: int = 8, dim: int = 48) -> MaMMUTViT:
