@@ -32,7 +32,7 @@ from mmengine.config import Config
 from mmengine.dataset import Compose, pseudo_collate
 
 from detection.apis.visualization import DetectionDrawer
-from detection.models.open_vocabulary import OpenVocabularyDetector, Vocabulary
+from detection.models.open_vocabulary import OpenVocabularyDetector, Vocabulary, repeated_names
 from toolkit.apis import init_model
 from toolkit.registry import TRANSFORMS
 from toolkit.video_io import VIDEO_EXTENSIONS, VideoReadError, VideoWriter, open_video
@@ -144,6 +144,8 @@ class OVDetInferencer:
         names = parse_names(names) if isinstance(names, str) else tuple(str(name).strip() for name in names)
         if not names:
             raise DetectionInputError('no category names given')
+        if repeated := repeated_names(names):
+            raise DetectionInputError(f'names {repeated} appear more than once in the vocabulary')
         if (cached := self._vocab_cache.get(names)) is not None:
             self._vocab_cache.move_to_end(names)
             return cached

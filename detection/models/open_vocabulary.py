@@ -23,7 +23,7 @@ from typing import Any
 from mmdet.structures import SampleList
 from torch import Tensor
 
-__all__ = ['OpenVocabularyDetector', 'Vocabulary', 'check_names']
+__all__ = ['OpenVocabularyDetector', 'Vocabulary', 'check_names', 'repeated_names']
 
 
 @dataclass(frozen=True)
@@ -35,16 +35,20 @@ class Vocabulary:
 
 
 def check_names(names: Sequence[str]) -> tuple[str, ...]:
-    """``names`` as a tuple; ``ValueError`` if there are none, one is empty or one repeats (labels index the
-    names, so a repeated name would split its boxes between two labels)."""
+    """``names`` as a tuple; ``ValueError`` if there are none or one is empty or not text. (A name listed
+    twice is allowed here, as data sets may list one; callers that take names from people refuse repeats:
+    :func:`repeated_names`.)"""
     names = tuple(names)
     if not names:
         raise ValueError('the vocabulary has no names')
     if empty := [i for i, name in enumerate(names) if not isinstance(name, str) or not name.strip()]:
         raise ValueError(f'names at positions {empty} are empty or not text')
-    if repeated := sorted(name for name, count in Counter(names).items() if count > 1):
-        raise ValueError(f'names {repeated} appear more than once in the vocabulary')
     return names
+
+
+def repeated_names(names: Sequence[str]) -> list[str]:
+    """The names listed more than once (sorted): each would split its boxes between two labels."""
+    return sorted(name for name, count in Counter(names).items() if count > 1)
 
 
 class OpenVocabularyDetector(abc.ABC):

@@ -21,6 +21,7 @@ from PIL import Image
 
 from detection.apis import DetectionInputError, OVDetInferencer, parse_names
 from toolkit.registry import MODELS
+from toolkit.video_io import VideoWriter
 
 REPO = Path(__file__).resolve().parents[2]
 FIBER = 'configs/fiber/fiber_swin-tiny-roberta-tiny_fpn-dyhead_1xb16-24e_shapes-ov.py'
@@ -109,15 +110,9 @@ def test_same_detections_as_test_py(
 
 
 def _write_video(path: Path, frames: list[np.ndarray], fps: int = 8) -> Path:
-    with av.open(str(path), mode='w') as container:
-        stream = container.add_stream('libx264', rate=fps)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = 'yuv420p'
+    with VideoWriter(str(path), fps) as writer:
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            writer.write(frame)
     return path
 
 
