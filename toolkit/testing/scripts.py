@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from types import ModuleType
 
 __all__ = ['load_script']
@@ -16,5 +17,10 @@ def load_script(path: str | os.PathLike[str], name: str | None = None) -> Module
     if spec is None or spec.loader is None:
         raise ImportError(f'{path} cannot be loaded as a Python module')
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[name] = module  # as an import does: dataclasses and pickling look the module up by name
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
     return module
