@@ -29,10 +29,13 @@ test_pipeline = [
     ),
     dict(type='PackImageTextInputs'),
 ]
-# Plain resize as the 224 px recipe; unilm trains with RandomResizedCrop(scale=(0.5, 1)), flips and RandAugment.
+# Plain resize as the 224 px recipe; unilm trains with RandomResizedCrop(scale=(0.5, 1)), flips and
+# RandAugment.
 train_pipeline = [
     dict(type='LoadImageSafely', imdecode_backend='pillow'),
-    dict(type='Resize', scale=(img_size, img_size), keep_ratio=False, backend='pillow', interpolation='bicubic'),
+    dict(
+        type='Resize', scale=(img_size, img_size), keep_ratio=False, backend='pillow', interpolation='bicubic'
+    ),
     dict(type='SampleCaption'),
     dict(type='PackImageTextInputs'),
 ]

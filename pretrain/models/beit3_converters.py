@@ -57,7 +57,9 @@ def unilm_beit3_backbone_kwargs(state_dict: Mapping[str, Tensor], *, num_heads: 
     grid = round((pos_vision.shape[0] - 3) ** 0.5)  # cls + patches, positions from 2
     if grid * grid + 3 != pos_vision.shape[0]:
         raise ValueError(f'vision position table of {pos_vision.shape[0]} rows is not 3 + a square grid')
-    layers = {int(m.group(1)) for m in map(re.compile(r'^beit3\.encoder\.layers\.(\d+)\.').match, state_dict) if m}
+    layers = {
+        int(m.group(1)) for m in map(re.compile(r'^beit3\.encoder\.layers\.(\d+)\.').match, state_dict) if m
+    }
     return dict(
         vocab_size=text.shape[0],
         img_size=grid * patch.shape[-1],
@@ -79,7 +81,9 @@ def _target_shapes(state_dict: Mapping[str, Tensor], with_heads: bool) -> dict[s
     shapes = {f'backbone.{k}': tuple(v.shape) for k, v in backbone.state_dict().items()}
     if with_heads:
         width = backbone.embed_dim
-        shapes.update({'img_proj.weight': (width, width), 'txt_proj.weight': (width, width), 'logit_scale': ()})
+        shapes.update(
+            {'img_proj.weight': (width, width), 'txt_proj.weight': (width, width), 'logit_scale': ()}
+        )
     return shapes
 
 

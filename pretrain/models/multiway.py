@@ -404,8 +404,10 @@ def convert_torchscale_beit3(state_dict: dict[str, Tensor]) -> dict[str, Tensor]
 
 
 def torchscale_beit3_name(key: str) -> str | None:
-    """Our :class:`MultiwayTransformer` name of one torchscale ``BEiT3`` key (``beit3.`` prefix allowed);
-    ``''`` for a key that is dropped on purpose (``encoder.output_projection``), ``None`` for an unknown one."""
+    """Our :class:`MultiwayTransformer` name of one torchscale ``BEiT3`` key (``beit3.`` prefix allowed).
+
+    ``''`` for a key dropped on purpose (``encoder.output_projection``), ``None`` for an unknown one.
+    """
     name = key.removeprefix('beit3.')
     if name.startswith('encoder.output_projection.'):
         return ''

@@ -75,11 +75,11 @@ def test_converted_model_matches_official_outputs(official, official_state) -> N
     images = _pixels(official)
     txt_ids, txt_mask = official['txt_ids'], official['padding_mask'] == 0
 
+    txt_hidden = model.backbone(txt_ids=txt_ids, txt_mask=txt_mask).hidden
     diffs = {
         'img_hidden': model.backbone(images=images[:1]).hidden - official['img_hidden'],
-        'txt_hidden': (
-            model.backbone(txt_ids=txt_ids, txt_mask=txt_mask).hidden - official['txt_hidden']
-        )[txt_mask],  # padded positions are not outputs (torchscale keeps computing them)
+        # padded positions are not outputs (torchscale keeps computing them)
+        'txt_hidden': (txt_hidden - official['txt_hidden'])[txt_mask],
     }
     img_emb = model.image_embedding(images)
     txt_emb = model.text_embedding(txt_ids, txt_mask)
@@ -96,6 +96,7 @@ def test_converted_model_matches_official_outputs(official, official_state) -> N
     assert float((official['txt_emb'][0] - official['txt_emb'][1]).abs().max()) > 5 * ATOL
 
 
+@pytest.mark.slow  # a converter subprocess and the config through ImageTextInferencer
 def test_config_pipeline_and_tokenizer_match_official(official, official_state, tmp_path: Path) -> None:
     """The converter script, then the 384 px config at the fixture's size through ImageTextInferencer: the
     test pipeline gives unilm's pixels, the tokenizer its ids, the model its embeddings."""
@@ -131,6 +132,7 @@ def test_config_pipeline_and_tokenizer_match_official(official, official_state, 
     assert float((inferencer.encode_text(META['captions']) - official['txt_emb']).abs().max()) <= ATOL
 
 
+@pytest.mark.slow  # two converter subprocesses
 def test_converter_names_every_key_and_shape_it_cannot_fit(official_state, tmp_path: Path) -> None:
     broken = dict(official_state)
     broken['beit3.encoder.layers.0.unknown.weight'] = torch.zeros(1)

@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         help='fail on unmapped source keys and missing model tensors (default); --no-strict lists them',
     )
     args = parser.parse_args(argv)
-    source = strip_prefix(load_state_dict_file(args.src, wrappers=('model', 'module', 'state_dict')), 'module.')
+    source = strip_prefix(
+        load_state_dict_file(args.src, wrappers=('model', 'module', 'state_dict')), 'module.'
+    )
     try:
         tensors, skipped = convert_unilm_beit3(source, strict=args.strict)
     except ValueError as err:
