@@ -13,7 +13,44 @@ from mmengine.structures import BaseDataElement
 
 from toolkit.registry import TRANSFORMS
 
-__all__ = ['PackImageTextInputs', 'RandomFlipCaption', 'SampleCaption', 'SwapWordNegative']
+__all__ = ['CleanCaption', 'PackImageTextInputs', 'RandomFlipCaption', 'SampleCaption', 'SwapWordNegative']
+
+
+_ALBEF_PUNCT = re.compile(r"([,.'!?\"()*#:;~])")
+_SPACES = re.compile(r'\s{2,}')
+
+
+@TRANSFORMS.register_module()
+class CleanCaption(BaseTransform):
+    """ALBEF's ``pre_caption`` (salesforce/ALBEF ``dataset/utils.py``) on ``text``, ``captions`` and
+    ``gt_captions``: lower-case, drop ``,.'!?"()*#:;~``, ``-`` and ``/`` to spaces, ``<person>`` to
+    ``person``, collapse runs of white space, strip, keep the first ``max_words`` words.
+
+    Args:
+        max_words: words kept (ALBEF 30; ``None``: all).
+    """
+
+    def __init__(self, *, max_words: int | None = 30) -> None:
+        if max_words is not None and max_words < 1:
+            raise ValueError(f'max_words must be >= 1 or None, got {max_words}')
+        self.max_words = max_words
+
+    def clean(self, caption: str) -> str:
+        caption = _ALBEF_PUNCT.sub('', caption.lower())
+        caption = caption.replace('-', ' ').replace('/', ' ').replace('<person>', 'person')
+        caption = _SPACES.sub(' ', caption).rstrip('\n').strip(' ')
+        words = caption.split(' ')
+        if self.max_words is not None and len(words) > self.max_words:
+            caption = ' '.join(words[: self.max_words])
+        return caption
+
+    def transform(self, results: dict[str, Any]) -> dict[str, Any]:
+        if 'text' in results:
+            results['text'] = self.clean(results['text'])
+        for key in ('captions', 'gt_captions'):
+            if key in results:
+                results[key] = [self.clean(caption) for caption in results[key]]
+        return results
 
 
 @TRANSFORMS.register_module()
