@@ -3,7 +3,7 @@
 # The switches reproduce the fork's forward pass (see pretrain/models/openmammut_converters.py).
 _base_ = ['./mammut_vit-b16-dec12_32xb64-20e_coco-cap.py']
 img_size = 224  # the fork's vision_cfg.image_size
-# open_clip's eval transform: PIL decode, bicubic short-edge resize, centre crop (mean/std in the preprocessor)
+# open_clip's eval transform: PIL decode, bicubic short-edge resize, centre crop (mean/std: preprocessor)
 test_pipeline = [
     dict(type='LoadImageSafely', imdecode_backend='pillow'),
     dict(type='ResizeShortEdgeCenterCrop', size=img_size, interpolation='bicubic'),

@@ -66,7 +66,11 @@ _CROSS = {
     'ln_1_kv.bias': 'norm_kv.bias',
     'attn.out_proj.weight': 'cross_attn.proj.weight',
     'attn.out_proj.bias': 'cross_attn.proj.bias',
-    **{key: 'norm_cross_mlp.' + value[len('norm2.') :] for key, value in _NORM_MLP.items() if 'norm2' in value},
+    **{
+        key: 'norm_cross_mlp.' + value[len('norm2.') :]
+        for key, value in _NORM_MLP.items()
+        if 'norm2' in value
+    },
     **{key: 'cross_' + value for key, value in _NORM_MLP.items() if value.startswith('mlp.')},
 }
 
@@ -123,7 +127,9 @@ def convert_openmammut(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tens
     else:
         problems.append('visual.proj missing: not an openMaMMUT image tower')
     try:
-        out.update({f'image_encoder.{k}': v for k, v in convert_open_clip_visual(visual, with_proj=False).items()})
+        out.update(
+            {f'image_encoder.{k}': v for k, v in convert_open_clip_visual(visual, with_proj=False).items()}
+        )
     except ValueError as err:
         problems.append(f'visual: {err}')
 
@@ -196,8 +202,8 @@ def convert_openmammut(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tens
 
 
 def check_shapes(tensors: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> list[str]:
-    """Problems of loading ``tensors`` into a model whose state dict is ``target``: every key it lacks and every
-    shape that differs (keys the model has and ``tensors`` lacks are not listed)."""
+    """Problems of loading ``tensors`` into a model whose state dict is ``target``: every key it lacks and
+    every shape that differs (keys the model has and ``tensors`` lacks are not listed)."""
     problems = []
     for key, value in tensors.items():
         if key not in target:

@@ -25,7 +25,7 @@ from pretrain.models.openmammut_converters import (
 )
 from toolkit.apis import init_model
 from toolkit.checkpoint import load_converted
-from toolkit.registry import MODELS
+from toolkit.registry import MODELS, TOKENIZERS
 
 FIXTURE = Path(__file__).resolve().parents[1] / 'fixtures' / 'openmammut'
 REPO = FIXTURE.parents[2]
@@ -126,8 +126,8 @@ def test_extra_token_rows_are_reported_unused() -> None:
 
 @pytest.mark.parametrize('name', sorted(RELEASED))
 def test_released_size_config_takes_every_official_tensor(name: str) -> None:
-    """The released sizes' official state dicts (key -> shape, from make_fixture.py) convert into the full-size
-    config's model with every key and shape matching; built on the meta device (no memory)."""
+    """The released sizes' official state dicts (key -> shape, from make_fixture.py) convert into the
+    full-size config's model with every key and shape matching; built on the meta device (no memory)."""
     shapes = json.loads((FIXTURE / 'released_shapes.json').read_text())[name]
     official = {key: torch.empty(shape, device='meta') for key, shape in shapes.items()}
     tensors, unused = convert_openmammut(official)
@@ -147,3 +147,43 @@ def test_converter_script_roundtrip(tmp_path: Path, run_tool) -> None:
              '--config', config)  # fmt: skip
     model = init_model(config, dst)  # strict load: every key present, every shape right
     assert model.logit_bias is not None
+
+
+def test_preprocessing_equals_official() -> None:
+    """The released config's test pipeline, data preprocessor and tokenizer give the fork's pixels (within
+    1/255) and token ids on ``sample.jpg`` (official: open_clip's eval transform of ``mammut_ViT-L-14``,
+    224 px bicubic short-edge resize + centre crop + OpenAI mean/std, and ``get_tokenizer``, 77 tokens)."""
+    from mmengine.dataset import Compose
+
+    meta = json.loads((FIXTURE / 'fixture.json').read_text())['preprocess']
+    ref = load_file(str(FIXTURE / 'preprocess_outputs.safetensors'))
+    cfg = Config.fromfile(str(REPO / RELEASED['mammut_ViT-L-14']))
+    pipeline = Compose(cfg.test_dataloader.dataset.pipeline)
+    packed = pipeline(dict(img_path=str(FIXTURE / 'sample.jpg'), img_id=0))
+    preprocessor = MODELS.build(cfg.model.data_preprocessor)
+    pixels = preprocessor(dict(inputs=[packed['inputs']], data_samples=[packed['data_samples']]))['inputs'][0]
+    std = torch.tensor(cfg.model.data_preprocessor.std)[:, None, None] / 255.0
+    diff = ((pixels - ref['pixels'].float()) * std).abs().max()  # in [0, 1] pixel units
+    print('pixel diff', float(diff))
+    assert pixels.shape == (3, 224, 224) and diff <= 1 / 255
+    tokenizer = TOKENIZERS.build(cfg.model.tokenizer)
+    assert meta['tokenizer_context_length'] == tokenizer.context_length == 77
+    assert torch.equal(tokenizer(meta['preprocess_texts']), ref['clip_ids'])
+
+
+def test_tools_test_runs_a_converted_fixture_on_shapes_world(
+    tmp_path: Path, shapes_tiny: Path, run_tool
+) -> None:
+    """Convert the fixture checkpoint, then ``tools/test.py`` evaluates retrieval and captioning on Shapes
+    World tiny with it (numbers are meaningless at random init: the path is what is tested). The fixture model
+    was made with the Shapes World tokenizer's ids, which its config uses."""
+    ckpt = tmp_path / 'l14.safetensors'
+    config = str(FIXTURE / 'openmammut_l14-tiny_shapes.py')
+    run_tool('tools/model_converters/openmammut_to_toolkit.py', str(FIXTURE / 'l14.safetensors'), str(ckpt))
+    work = tmp_path / 'work'
+    run_tool('tools/test.py', config, str(ckpt), '--work-dir', str(work), '--cfg-options',
+             f'test_dataloader.dataset.data_root={shapes_tiny}/',
+             'test_dataloader.dataset.indices=16')  # fmt: skip
+    metrics = json.loads((work / 'metrics.json').read_text())
+    assert any('r1' in key.lower() or 'r@1' in key.lower() for key in metrics), metrics
+    assert any('cider' in key.lower() or 'bleu' in key.lower() for key in metrics), metrics

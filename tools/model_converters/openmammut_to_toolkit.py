@@ -4,11 +4,11 @@
         open_clip_model.safetensors mammut_openmammut-vit-l14.safetensors \\
         --config configs/mammut/mammut_openmammut-vit-l14-dec12_converted_datacomp-1.4b.py
 
-SRC: the fork's ``MaMMUT`` state dict (``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin`` of a
-released model, or a training checkpoint with ``state_dict``). DST: ``.safetensors`` or a torch file (``.pth``),
-by extension. The key map lives in :mod:`pretrain.models.openmammut_converters`. With ``--config`` the result is
-also checked against the config's model: every key it lacks, every key left at its initialisation and every
-shape that differs are listed.
+SRC: the fork's ``MaMMUT`` state dict (``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``
+of a released model, or a training checkpoint with ``state_dict``). DST: ``.safetensors`` or a torch file
+(``.pth``), by extension. The key map lives in :mod:`pretrain.models.openmammut_converters`. With
+``--config`` the result is also checked against the config's model: every key it lacks, every key it would
+leave at its initialisation and every shape that differs are listed.
 
 ``--strict`` (the default) fails on any source tensor left out (e.g. token-embedding rows past the
 captioning vocabulary); ``--no-strict`` writes the file and lists them.
@@ -39,7 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description='openMaMMUT (open_clip_mammut) -> toolkit MaMMUT weights')
     parser.add_argument('src', help='openMaMMUT state dict (.safetensors, .bin, .pt)')
     parser.add_argument('dst', help='output file: .safetensors, else a torch file')
-    parser.add_argument('--config', help='check the result against this config\'s model')
+    parser.add_argument('--config', help="check the result against this config's model")
     parser.add_argument('--strict', action=argparse.BooleanOptionalAction, default=True,
                         help='fail on source tensors left out (default); --no-strict lists them')  # fmt: skip
     args = parser.parse_args()
