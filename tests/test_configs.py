@@ -34,7 +34,10 @@ def _reduce(model_cfg: dict) -> dict:
         enc.update(img_size=2 * enc.get('patch_size', 16))
         dec.update(width=REDUCED['width'], depth=REDUCED['depth'], num_heads=REDUCED['heads'])
         dec.pop('grad_checkpointing', None)
-        model_cfg['embed_dim'] = 32
+        if isinstance(dec.get('cross_attn_layers'), list):  # explicit indices (openMaMMUT): those that remain
+            dec['cross_attn_layers'] = [i for i in dec['cross_attn_layers'] if i < REDUCED['depth']]
+        # without a text projection (openMaMMUT) the decoder width is the embedding size
+        model_cfg['embed_dim'] = REDUCED['width'] if model_cfg.get('txt_proj') is False else 32
     return model_cfg
 
 
