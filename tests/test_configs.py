@@ -34,7 +34,10 @@ def _reduce(model_cfg: dict) -> dict:
         enc.update(img_size=2 * enc.get('patch_size', 16))
         dec.update(width=REDUCED['width'], depth=REDUCED['depth'], num_heads=REDUCED['heads'])
         dec.pop('grad_checkpointing', None)
-        model_cfg['embed_dim'] = 32
+        if isinstance(dec.get('cross_attn_layers'), list):  # explicit indices (openMaMMUT): those that remain
+            dec['cross_attn_layers'] = [i for i in dec['cross_attn_layers'] if i < REDUCED['depth']]
+        # without a text projection (openMaMMUT) the decoder width is the embedding size
+        model_cfg['embed_dim'] = REDUCED['width'] if model_cfg.get('txt_proj') is False else 32
     return model_cfg
 
 
@@ -140,7 +143,9 @@ def _albef_step(model_cfg: dict) -> None:
         BaseDataElement(text='a red circle above a blue square', img_id=0),
         BaseDataElement(text='two green stars', img_id=1),
     ]
-    assert {'loss_itc', 'loss_itm', 'loss_mlm'} <= set(_train_one_step(model, images, samples))
+    losses = set(_train_one_step(model, images, samples))
+    assert {'loss_itc', 'loss_itm'} <= losses
+    assert ('loss_mlm' in losses) == model_cfg.get('with_mlm', True)  # retrieval configs: no MLM head
 
 
 def _beit3_step(model_cfg: dict) -> None:

@@ -13,7 +13,51 @@ from mmengine.structures import BaseDataElement
 
 from toolkit.registry import TRANSFORMS
 
-__all__ = ['PackImageTextInputs', 'RandomFlipCaption', 'SampleCaption', 'SwapWordNegative']
+__all__ = [
+    'CleanCaption',
+    'PackImageTextInputs',
+    'RandomFlipCaption',
+    'ResizeShortEdgeCenterCrop',
+    'SampleCaption',
+    'SwapWordNegative',
+]
+
+
+_ALBEF_PUNCT = re.compile(r"([,.'!?\"()*#:;~])")
+_SPACES = re.compile(r'\s{2,}')
+
+
+@TRANSFORMS.register_module()
+class CleanCaption(BaseTransform):
+    """ALBEF's ``pre_caption`` (salesforce/ALBEF ``dataset/utils.py``) on ``text``, ``captions`` and
+    ``gt_captions``: lower-case, drop ``,.'!?"()*#:;~``, ``-`` and ``/`` to spaces, ``<person>`` to
+    ``person``, collapse runs of white space, strip, keep the first ``max_words`` words.
+
+    Args:
+        max_words: words kept (ALBEF 30; ``None``: all).
+    """
+
+    def __init__(self, *, max_words: int | None = 30) -> None:
+        if max_words is not None and max_words < 1:
+            raise ValueError(f'max_words must be >= 1 or None, got {max_words}')
+        self.max_words = max_words
+
+    def clean(self, caption: str) -> str:
+        caption = _ALBEF_PUNCT.sub('', caption.lower())
+        caption = caption.replace('-', ' ').replace('/', ' ').replace('<person>', 'person')
+        caption = _SPACES.sub(' ', caption).rstrip('\n').strip(' ')
+        words = caption.split(' ')
+        if self.max_words is not None and len(words) > self.max_words:
+            caption = ' '.join(words[: self.max_words])
+        return caption
+
+    def transform(self, results: dict[str, Any]) -> dict[str, Any]:
+        if 'text' in results:
+            results['text'] = self.clean(results['text'])
+        for key in ('captions', 'gt_captions'):
+            if key in results:
+                results[key] = [self.clean(caption) for caption in results[key]]
+        return results
 
 
 @TRANSFORMS.register_module()
@@ -125,6 +169,48 @@ class SwapWordNegative(BaseTransform):
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}(groups={self.groups})'
+
+
+@TRANSFORMS.register_module()
+class ResizeShortEdgeCenterCrop(BaseTransform):
+    """open_clip's (torchvision's) eval transform: resize the short edge to ``size`` with PIL, centre crop.
+
+    Pixel for pixel as ``Resize(size, interpolation) + CenterCrop(size)`` of torchvision on a PIL image: the
+    long edge is ``int(size * long / short)`` (truncated, where mmdet's ``ResizeShortestEdge`` rounds), PIL's
+    antialiased resampling, crop offsets ``round((edge - size) / 2)``. Reads and writes ``img`` (H, W, 3)
+    uint8 in BGR (as loaded); updates ``img_shape``.
+
+    Args:
+        size: output side.
+        interpolation: ``'bicubic'`` (open_clip's default), ``'bilinear'`` or ``'nearest'``.
+    """
+
+    _PIL = {'bicubic': 3, 'bilinear': 2, 'nearest': 0}  # PIL.Image.Resampling values
+
+    def __init__(self, *, size: int = 224, interpolation: str = 'bicubic') -> None:
+        if interpolation not in self._PIL:
+            raise ValueError(f'interpolation must be one of {sorted(self._PIL)}, got {interpolation!r}')
+        self.size, self.interpolation = int(size), interpolation
+
+    def transform(self, results: dict[str, Any]) -> dict[str, Any]:
+        from PIL import Image
+
+        img = results['img']
+        height, width = img.shape[:2]
+        short, long = min(height, width), max(height, width)
+        new_short, new_long = self.size, int(self.size * long / short)
+        new_h, new_w = (new_short, new_long) if height <= width else (new_long, new_short)
+        if (new_h, new_w) != (height, width):
+            pil = Image.fromarray(np.ascontiguousarray(img[..., ::-1]))  # BGR -> RGB
+            img = np.asarray(pil.resize((new_w, new_h), self._PIL[self.interpolation]))[..., ::-1]
+        top = int(round((new_h - self.size) / 2.0))
+        left = int(round((new_w - self.size) / 2.0))
+        results['img'] = np.ascontiguousarray(img[top : top + self.size, left : left + self.size])
+        results['img_shape'] = results['img'].shape[:2]
+        return results
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(size={self.size}, interpolation={self.interpolation!r})'
 
 
 @TRANSFORMS.register_module()

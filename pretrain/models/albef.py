@@ -92,6 +92,9 @@ class ALBEF(VLBaseModel, ImageTextModel):
         text_pretrained: a local HuggingFace BERT folder or file loaded into the text stack (cross-attention
             and anything the file lacks keep their initialisation); the vocabulary must match.
         itm_eval_batch_size: pairs per ITM call when re-ranking.
+        with_mlm: build the MLM head (and its momentum copy) and train MLM; False is the official retrieval
+            model (``models/model_retrieval.py``: ITC + ITM only, no ``text_encoder.cls``), into which the
+            released retrieval checkpoints load strictly.
         data_preprocessor: MMEngine data preprocessor config.
         init_cfg: MMEngine init config.
     """
@@ -114,6 +117,7 @@ class ALBEF(VLBaseModel, ImageTextModel):
         mask_token_id: int | None = None,
         text_pretrained: str | None = None,
         itm_eval_batch_size: int = 64,
+        with_mlm: bool = True,
         data_preprocessor: dict | None = None,
         init_cfg: dict | list[dict] | None = None,
     ) -> None:
@@ -141,7 +145,7 @@ class ALBEF(VLBaseModel, ImageTextModel):
         self.vision_proj = nn.Linear(self.visual_encoder.embed_dim, embed_dim)
         self.text_proj = nn.Linear(hidden, embed_dim)
         self.itm_head = nn.Linear(hidden, 2)
-        self.mlm_head = LMHead(hidden, self.vocab_size, eps=1e-12)
+        self.mlm_head = LMHead(hidden, self.vocab_size, eps=1e-12) if with_mlm else None
         self.temp = nn.Parameter(torch.tensor(float(temperature_init)))
         self.itc_loss = MODELS.build(itc_loss or dict(type='DistilledContrastiveLoss'))
         self.itm_loss = MODELS.build(itm_loss or dict(type='ITMLoss'))
@@ -150,8 +154,9 @@ class ALBEF(VLBaseModel, ImageTextModel):
         self.alpha = float(alpha)
         self.alpha_warmup_iters = int(alpha_warmup_iters)
         self.itm_eval_batch_size = int(itm_eval_batch_size)
+        self._momentum_parts = _MOMENTUM_PARTS if with_mlm else _MOMENTUM_PARTS[:-1]
         self.momentum_model = nn.ModuleDict(
-            {name: copy.deepcopy(getattr(self, name)) for name in _MOMENTUM_PARTS}
+            {name: copy.deepcopy(getattr(self, name)) for name in self._momentum_parts}
         )
         self.momentum_model.requires_grad_(False)
         self.image_queue = FeatureQueue(queue_size, embed_dim)
@@ -177,7 +182,7 @@ class ALBEF(VLBaseModel, ImageTextModel):
 
     # ------------------------------------------------------------------------------------------ momentum
     def _momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(getattr(self, name), self.momentum_model[name]) for name in _MOMENTUM_PARTS]
+        return [(getattr(self, name), self.momentum_model[name]) for name in self._momentum_parts]
 
     @torch.no_grad()
     def copy_to_momentum(self) -> None:
@@ -282,8 +287,8 @@ class ALBEF(VLBaseModel, ImageTextModel):
         return -2 - first - torch.arange(size, device=device)
 
     def loss(self, inputs: Tensor, data_samples: list[BaseDataElement]) -> dict[str, Tensor]:
-        """``loss_itc``, ``loss_itm``, ``loss_mlm`` and logged scalars (``acc_itm``, ``acc_mlm``, ``alpha``,
-        ``temp``)."""
+        """``loss_itc``, ``loss_itm``, ``loss_mlm`` (``with_mlm``) and logged scalars (``acc_itm``,
+        ``acc_mlm``, ``alpha``, ``temp``)."""
         if not data_samples or not all('text' in sample for sample in data_samples):
             raise ValueError('ALBEF: every training sample needs a caption (text)')
         _, world = world_info()
@@ -363,18 +368,15 @@ class ALBEF(VLBaseModel, ImageTextModel):
         img_rows = torch.nonzero(neg.img_valid).flatten()  # image i with caption txt_for_img[i]
         txt_rows = torch.nonzero(neg.txt_valid).flatten()  # caption j with image img_for_txt[j]
 
-        masked_ids, mlm_labels = self._mask(txt_ids, txt_mask)
-        mlm_hidden = self.text_encoder.encode_text(masked_ids, txt_mask)
-        pair_img = torch.cat(
-            [img_tokens, img_tokens[img_rows], all_img_tokens[neg.img_for_txt[txt_rows]], img_tokens]
-        )
-        pair_txt = torch.cat(
-            [txt_hidden, all_txt_hidden[neg.txt_for_img[img_rows]], txt_hidden[txt_rows], mlm_hidden]
-        )
-        pair_mask = torch.cat(
-            [txt_mask, all_txt_mask[neg.txt_for_img[img_rows]], txt_mask[txt_rows], txt_mask]
-        )
-        fused = self.text_encoder.fuse(pair_txt, pair_mask, pair_img)
+        pair_img = [img_tokens, img_tokens[img_rows], all_img_tokens[neg.img_for_txt[txt_rows]]]
+        pair_txt = [txt_hidden, all_txt_hidden[neg.txt_for_img[img_rows]], txt_hidden[txt_rows]]
+        pair_mask = [txt_mask, all_txt_mask[neg.txt_for_img[img_rows]], txt_mask[txt_rows]]
+        if self.mlm_head is not None:
+            masked_ids, mlm_labels = self._mask(txt_ids, txt_mask)
+            pair_img.append(img_tokens)
+            pair_txt.append(self.text_encoder.encode_text(masked_ids, txt_mask))
+            pair_mask.append(txt_mask)
+        fused = self.text_encoder.fuse(torch.cat(pair_txt), torch.cat(pair_mask), torch.cat(pair_img))
         num_itm = size + len(img_rows) + len(txt_rows)
 
         itm_logits = self.itm_head(fused[:num_itm, 0])
@@ -384,6 +386,8 @@ class ALBEF(VLBaseModel, ImageTextModel):
             'loss_itm': self.itm_loss(itm_logits, itm_labels),
             'acc_itm': (itm_logits.detach().argmax(dim=1) == itm_labels).float().mean(),
         }
+        if self.mlm_head is None:
+            return out
 
         chosen = mlm_labels != self.mlm_loss.ignore_index
         logits = self.mlm_head(fused[num_itm:][chosen])  # (P, V): the chosen positions only

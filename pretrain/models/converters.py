@@ -21,6 +21,8 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
+from toolkit.checkpoint import strip_prefix
+
 __all__ = [
     'convert_open_clip_text_to_decoder',
     'convert_open_clip_visual',
@@ -46,8 +48,9 @@ _ATTN_MAP = {
 _BLOCK_KEY = re.compile(r'^transformer\.resblocks\.(\d+)\.(.+)$')
 
 
-def _strip_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
+def _part(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The tensors under ``prefix``, without it (the other keys are left out)."""
+    return strip_prefix({key: value for key, value in state_dict.items() if key.startswith(prefix)}, prefix)
 
 
 def _map_block(key: str, attn_name: str) -> tuple[int, str] | None:
@@ -69,7 +72,7 @@ def _map_block(key: str, attn_name: str) -> tuple[int, str] | None:
 
 def _visual_part(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     if any(key.startswith('visual.') for key in state_dict):
-        return _strip_prefix(state_dict, 'visual.')
+        return _part(state_dict, 'visual.')
     return dict(state_dict)
 
 
@@ -159,7 +162,7 @@ def _text_part(state_dict: Mapping[str, Tensor], unused: dict[str, str]) -> dict
         for key in state_dict:
             if not key.startswith('text.'):
                 unused[key] = 'not part of the text tower'
-        return _strip_prefix(state_dict, 'text.')
+        return _part(state_dict, 'text.')
     text = {}
     for key, value in state_dict.items():
         if key.startswith('visual.'):

@@ -35,14 +35,18 @@ encoder with the same weights); ``image_to_text`` is "image tokens attend to the
 What differs from FIBER: attention runs in ``F.scaled_dot_product_attention`` (our own text self-attention on
 RoBERTa's ``query``/``key``/``value`` weights; the Swin window attention stays mmdet's); ``with_cp``
 checkpoints every Swin block and RoBERTa layer non-reentrantly here instead of mmdet's reentrant ``with_cp``;
-FIBER's coarse-grained fused text path skips the very last LayerNorm (``last_norm``), ours does not.
+FIBER's coarse-grained fused text path skips the very last LayerNorm (``last_norm``), ours does not unless
+``fused_text_last_norm=False``; the official Swin drops the window shift in a stage whose map fits in one
+window (FIBER coarse: the last stage, window = image size / 32), mmdet's always shifts unless the stage is
+listed in ``unshifted_stages``. Both switches default to today's behaviour; the released-weights configs set
+them.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NamedTuple, cast
@@ -195,6 +199,11 @@ class FIBERBackbone(BaseModule):
         image_query_norm: LayerNorm on the image-side query (FIBER coarse-grained ``norm_i2t_i``; its
             fine-grained detection code has none).
         with_cp: gradient checkpointing of every Swin block and RoBERTa layer (training only).
+        unshifted_stages: Swin stages whose odd blocks attend in unshifted windows (the official Swin, and
+            FIBER's coarse-grained model, drop the shift when a stage's map fits in one window: the last stage
+            at image size = 32 x window); ``()`` = mmdet's Swin, which shifts every odd block.
+        fused_text_last_norm: False skips the output LayerNorm of the last RoBERTa layer in fused passes
+            (FIBER coarse-grained ``infer``, ``last_norm``); uni-modal passes keep it.
         preset: ``'fiber-t'`` or ``'fiber-b'`` (:data:`FIBER_PRESETS`) as the base of ``image``/``text``.
         init_cfg: mmengine init config of this module (the Swin keeps its own ``image['init_cfg']``).
 
@@ -216,6 +225,8 @@ class FIBERBackbone(BaseModule):
         fusion_num_heads: int | None = None,
         image_query_norm: bool = False,
         with_cp: bool = False,
+        unshifted_stages: Sequence[int] = (),
+        fused_text_last_norm: bool = True,
         preset: str | None = None,
         init_cfg: dict[str, Any] | None = None,
     ) -> None:
@@ -238,8 +249,16 @@ class FIBERBackbone(BaseModule):
         self.image_to_text = image_to_text
         self.text_to_image = text_to_image
         self.with_cp = with_cp
+        self.fused_text_last_norm = fused_text_last_norm
 
         stages = self.image.stages
+        for stage_id in unshifted_stages:
+            if not 0 <= stage_id < len(stages):
+                raise ValueError(
+                    f'FIBERBackbone: unshifted_stages has {stage_id}, Swin stages are 0..{len(stages) - 1}'
+                )
+            for block in stages[stage_id].blocks:
+                block.attn.shift_size = 0  # mmdet's ShiftWindowMSA shifts (and masks) only if > 0
         self._image_blocks = [(s, j) for s, stage in enumerate(stages) for j in range(len(stage.blocks))]
         num_text_layers = len(self.text.encoder.layer)
         if not 0 <= fusion_layers <= min(len(self._image_blocks), num_text_layers):
@@ -377,6 +396,7 @@ class FIBERBackbone(BaseModule):
         self,
         layer: Any,
         cross_attn: GatedCrossAttention | None,
+        last_norm: bool,
         hidden: Tensor,
         self_mask: Tensor,
         context: Tensor | None,
@@ -393,16 +413,25 @@ class FIBERBackbone(BaseModule):
         if cross_attn is not None and context is not None:
             out = out + cross_attn(out, context)  # image tokens: no padding, no mask
         hidden = attention.output.LayerNorm(out + hidden)
-        return layer.output(layer.intermediate(hidden), hidden)
+        if last_norm:
+            return layer.output(layer.intermediate(hidden), hidden)
+        output = layer.output
+        return output.dropout(output.dense(layer.intermediate(hidden))) + hidden
 
     def _text_step(
-        self, index: int, hidden: Tensor, self_mask: Tensor, context: Tensor | None = None
+        self,
+        index: int,
+        hidden: Tensor,
+        self_mask: Tensor,
+        context: Tensor | None = None,
+        *,
+        last_norm: bool = True,
     ) -> Tensor:
         k = index - self._num_plain_text
         cross_attn = None
         if context is not None and k >= 0:
             cross_attn = cast(GatedCrossAttention, self.text_cross_attn[k])
-        fn = partial(self._text_layer, self.text.encoder.layer[index], cross_attn)
+        fn = partial(self._text_layer, self.text.encoder.layer[index], cross_attn, last_norm)
         return self._maybe_cp(fn, hidden, self_mask, context)
 
     def _text_inputs(
@@ -486,5 +515,8 @@ class FIBERBackbone(BaseModule):
             stage_id, block_id = self._image_blocks[num_plain_image + k]
             image_in, text_in = image.tokens, text  # both sides read the other's state entering this step
             self._image_step(image, stage_id, block_id, text_in if use_i2t else None, key_mask)
-            text = self._text_step(num_plain_text + k, text_in, self_mask, image_in if use_t2i else None)
+            last_norm = self.fused_text_last_norm or k < num_fused - 1
+            text = self._text_step(
+                num_plain_text + k, text_in, self_mask, image_in if use_t2i else None, last_norm=last_norm
+            )
         return FIBEROutput(tuple(image.feats), image.tokens, image.hw, text, text_mask)

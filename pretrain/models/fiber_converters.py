@@ -14,6 +14,10 @@
   (Swin ``attn.{qkv_i2t, qkv_text_i2t, proj_i2t, alpha_i2t, norm_i2t_i}``, RoBERTa ``crossattention_t2i.*``
   and ``alpha_t2i``) map onto ``image_cross_attn.k`` / ``text_cross_attn.k`` by pairing order; the text
   side's separate ``key``/``value`` are concatenated into ``kv_proj``. Shapes are checked against the model.
+* :func:`convert_fiber_state_dict`: the same without a model (``tools/model_converters/fiber_to_toolkit.py``):
+  the pairing is read from the checkpoint (the Swin blocks with ``attn.qkv_i2t`` and the RoBERTa layers with
+  ``crossattention_t2i``); keys outside the backbones are named in ``unused``, FIBER's known heads as such
+  (:data:`FIBER_HEAD_PREFIXES`), anything else as unrecognised.
 
 Every converter returns ``(tensors, unused)``: ``unused`` names each input key that was not mapped and why.
 Patch merging: official/timm concatenate the 2x2 neighbours as (0,0), (1,0), (0,1), (1,1) (row, column);
@@ -40,7 +44,10 @@ if TYPE_CHECKING:
     from .fiber_backbone import FIBERBackbone
 
 __all__ = [
+    'FIBER_HEAD_PREFIXES',
+    'UNRECOGNISED',
     'convert_fiber_checkpoint',
+    'convert_fiber_state_dict',
     'convert_hf_roberta',
     'convert_timm_swin',
     'load_fiber_checkpoint',
@@ -86,6 +93,28 @@ _FIBER_TEXT_FUSION = {
     'crossattention_t2i.output.dense.bias': 'out_proj.bias',
     'alpha_t2i': 'alpha',
 }
+# Heads and training state of FIBERTransformerSS (coarse) and GeneralizedVLRCNN (fine), not backbone weights.
+FIBER_HEAD_PREFIXES = (
+    'cross_modal_',
+    'itm_score.',
+    'rank_output.',
+    'mlm_score.',
+    'vqa_classifier.',
+    'nlvr2_classifier.',
+    'snli_classifier.',
+    'temp',
+    'image_queue',
+    'text_queue',
+    'image_input_queue',
+    'text_input_queue',
+    'text_input_mask_queue',
+    'queue_ptr',
+    'queue_total',
+    'fusion_backbone.backbone.fpn.',
+    'rpn.',
+    'roi_heads.',
+)
+UNRECOGNISED = 'unrecognised: neither a FIBER backbone tensor nor a known FIBER head'
 _FIBER_FLAVOURS = {
     'fine-grained': ('fusion_backbone.backbone.body.', 'fusion_backbone.language_backbone.body.model.'),
     'coarse-grained': ('vit_model.', 'text_transformer.'),
@@ -275,17 +304,7 @@ def convert_hf_roberta(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tens
     return out, unused
 
 
-def convert_fiber_checkpoint(
-    state_dict: Mapping[str, Tensor], backbone: FIBERBackbone
-) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """An official FIBER state dict (fine- or coarse-grained) -> ``backbone``'s (a ``FIBERBackbone``).
-
-    Returns ``(tensors, unused)``; load with :func:`~toolkit.checkpoint.load_converted`. Heads, FPN, queues
-    and the like are returned in ``unused``. Raises ``ValueError`` when the checkpoint fuses other
-    blocks/layers than ``backbone`` (``fusion_layers``), or on shape mismatches (``image_query_norm``, widths,
-    depths).
-    """
-    flat = strip_prefix(state_dict, 'module.', nested=True)
+def _fiber_flavour(flat: Mapping[str, Tensor]) -> tuple[str, str, str]:
     found = [
         (name, image_prefix, text_prefix)
         for name, (image_prefix, text_prefix) in _FIBER_FLAVOURS.items()
@@ -297,7 +316,80 @@ def convert_fiber_checkpoint(
             f'{[prefixes[0] for prefixes in _FIBER_FLAVOURS.values()]}, '
             f'found {[name for name, _, _ in found]}'
         )
-    flavour, image_prefix, text_prefix = found[0]
+    return found[0]
+
+
+def convert_fiber_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """An official FIBER state dict -> ``FIBERBackbone`` keys, without a model.
+
+    The fused Swin blocks (those with ``attn.qkv_i2t``) and RoBERTa layers (with ``crossattention_t2i``) are
+    paired in order, as ``FIBERBackbone`` pairs its last K blocks and layers. Returns ``(tensors, unused)``;
+    ``unused`` gives each key left out and why (:data:`UNRECOGNISED` for keys that are neither backbone
+    tensors nor FIBER's known heads). Raises ``ValueError`` on unknown backbone tensors or when the two sides
+    fuse different numbers of blocks/layers.
+    """
+    flat = strip_prefix(state_dict, 'module.', nested=True)
+    flavour, image_prefix, text_prefix = _fiber_flavour(flat)
+    image = {key[len(image_prefix) :]: v for key, v in flat.items() if key.startswith(image_prefix)}
+    text = {key[len(text_prefix) :]: v for key, v in flat.items() if key.startswith(text_prefix)}
+    fused_blocks = sorted(
+        (int(m.group(1)), int(m.group(2)))
+        for m in map(_BLOCK_KEY.match, image)
+        if m is not None and m.group(3) == 'attn.qkv_i2t.weight'
+    )
+    fused_text = sorted(
+        int(m.group(1))
+        for m in map(_TEXT_LAYER_KEY.match, text)
+        if m is not None and m.group(2) == 'crossattention_t2i.self.query.weight'
+    )
+    if len(fused_blocks) != len(fused_text):
+        raise ValueError(
+            f'{flavour} FIBER checkpoint fuses {len(fused_blocks)} Swin blocks {fused_blocks} but '
+            f'{len(fused_text)} RoBERTa layers {fused_text}: FIBERBackbone pairs them one to one'
+        )
+    num_text = 1 + max(
+        (int(m.group(1)) for m in map(_TEXT_LAYER_KEY.match, text) if m is not None), default=-1
+    )
+    if fused_text != list(range(num_text - len(fused_text), num_text)):
+        raise ValueError(f'{flavour} FIBER checkpoint fuses RoBERTa layers {fused_text}, not the last ones')
+    unused = {
+        key: (
+            f'head or training state of the {flavour} FIBER model, not part of the backbones'
+            if key.startswith(FIBER_HEAD_PREFIXES)
+            else UNRECOGNISED
+        )
+        for key in flat
+        if not key.startswith((image_prefix, text_prefix))
+    }
+    out, image_unused = _map_swin(
+        image,
+        source_prefix=image_prefix,
+        prefix='image.',
+        downsample_at_start=False,
+        fused_index={block: k for k, block in enumerate(fused_blocks)},
+        target=None,
+    )
+    text_out, text_unused = _map_roberta(
+        text, source_prefix=text_prefix, fused_layers={index: k for k, index in enumerate(fused_text)}
+    )
+    out.update(text_out)
+    unused.update(image_unused)
+    unused.update(text_unused)
+    return out, unused
+
+
+def convert_fiber_checkpoint(
+    state_dict: Mapping[str, Tensor], backbone: FIBERBackbone
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """An official FIBER state dict (fine- or coarse-grained) -> ``backbone``'s (a ``FIBERBackbone``).
+
+    Returns ``(tensors, unused)``; load with :func:`~toolkit.checkpoint.load_converted`. Heads, FPN, queues
+    and the like are returned in ``unused``. Raises ``ValueError`` when the checkpoint fuses other
+    blocks/layers than ``backbone`` (``fusion_layers``), or on shape mismatches (``image_query_norm``, widths,
+    depths).
+    """
+    flat = strip_prefix(state_dict, 'module.', nested=True)
+    flavour, image_prefix, text_prefix = _fiber_flavour(flat)
     target = backbone.state_dict()
     fused_index = {block: k for k, block in enumerate(backbone.fused_image_blocks)}
     fused_layers = {index: k for k, index in enumerate(backbone.fused_text_layers)}

@@ -84,6 +84,13 @@ class MaMMUT(VLBaseModel, ImageTextModel):
         caption_loss: config; ``None`` uses ``CaptionCrossEntropyLoss``.
         embed_dim: E, size of the joint embedding space.
         pool: image pooling, ``'avg'`` or ``'attn'``.
+        pool_norm: a LayerNorm on the pooled image feature before ``img_proj`` (openMaMMUT: ``ln_post`` after
+            the mean of the un-normed ViT tokens, ``final_ln_after_pool``).
+        img_ctx_proj: the map of image tokens to the decoder width: ``'auto'`` (a linear layer with bias when
+            the widths differ, else none) or ``'linear_no_bias'`` (always a bias-free linear layer,
+            openMaMMUT's ``map_viz2txt_kv``).
+        txt_proj: project the pooled text feature to ``embed_dim``; ``False`` (openMaMMUT) needs the decoder
+            width to equal ``embed_dim``.
         shuffle_passes: draw the order of the two passes from torch's RNG each step.
         contrastive_only: train the contrastive pass only (decoder without cross-attention / LM head).
         generation: ``dict(method='greedy' | 'beam' | 'none', beam_size=..., max_len=..., min_len=...,
@@ -107,6 +114,9 @@ class MaMMUT(VLBaseModel, ImageTextModel):
         caption_loss: dict | None = None,
         embed_dim: int,
         pool: str = 'avg',
+        pool_norm: bool = False,
+        img_ctx_proj: str = 'auto',
+        txt_proj: bool = True,
         shuffle_passes: bool = True,
         contrastive_only: bool = False,
         generation: dict | None = None,
@@ -120,11 +130,14 @@ class MaMMUT(VLBaseModel, ImageTextModel):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if pool not in ('avg', 'attn'):
             raise ValueError(f"pool must be 'avg' or 'attn', got {pool!r}")
+        if img_ctx_proj not in ('auto', 'linear_no_bias'):
+            raise ValueError(f"img_ctx_proj must be 'auto' or 'linear_no_bias', got {img_ctx_proj!r}")
         if generation is not None and set(generation) - GENERATION_KEYS:
             raise ValueError(f'unknown generation keys {sorted(set(generation) - GENERATION_KEYS)}')
         self.tokenizer = TOKENIZERS.build(tokenizer) if isinstance(tokenizer, dict) else tokenizer
         self.embed_dim = embed_dim
         self.pool = pool
+        self.txt_proj = txt_proj
         self.shuffle_passes = shuffle_passes
         self.contrastive_only = contrastive_only
         self.generation = dict(generation) if generation is not None else None
@@ -166,10 +179,13 @@ class MaMMUT(VLBaseModel, ImageTextModel):
             self.img_pool = AttentionPool(img_dim, heads)
         else:
             self.img_pool = None
+        self.img_pool_norm = nn.LayerNorm(img_dim) if pool_norm else None
         self.img_proj = nn.Linear(img_dim, embed_dim, bias=False)
         nn.init.normal_(self.img_proj.weight, std=img_dim**-0.5)
         if contrastive_only:
             self.img_ctx_proj = None
+        elif img_ctx_proj == 'linear_no_bias':
+            self.img_ctx_proj = nn.Linear(img_dim, dec_width, bias=False)
         else:
             self.img_ctx_proj = nn.Linear(img_dim, dec_width) if img_dim != dec_width else nn.Identity()
 
@@ -198,7 +214,9 @@ class MaMMUT(VLBaseModel, ImageTextModel):
             raise ValueError(
                 f'text_decoder.context_length={cfg["context_length"]} < tokenizer context {context}'
             )
-        cfg.update(vocab_size=vocab, embed_dim=self.embed_dim)
+        cfg.update(vocab_size=vocab, embed_dim=self.embed_dim if self.txt_proj else None)
+        if not self.txt_proj and cfg.get('width', 512) != self.embed_dim:
+            raise ValueError(f'txt_proj=False needs text_decoder.width == embed_dim={self.embed_dim}')
         if self.contrastive_only:
             cfg.update(cross_attn_layers='none', tie_embeddings=True)
         return cfg
@@ -237,10 +255,19 @@ class MaMMUT(VLBaseModel, ImageTextModel):
     def image_embedding(self, img_tokens: Tensor) -> Tensor:
         """``img_tokens`` (B, N, D_img) -> L2-normalised ``img_emb`` (B, E)."""
         pooled = self.img_pool(img_tokens) if self.img_pool is not None else img_tokens.mean(dim=1)
+        if self.img_pool_norm is not None:
+            pooled = self.img_pool_norm(pooled)
         return F.normalize(self.img_proj(pooled), dim=-1)
 
     def text_embedding(self, txt_ids: Tensor, lengths: Tensor) -> Tensor:
-        """Contrastive pass: ``txt_ids`` (B, L) -> L2-normalised ``txt_emb`` (B, E); the image is not used."""
+        """Contrastive pass: ``txt_ids`` (B, L) -> L2-normalised ``txt_emb`` (B, E); the image is not used.
+
+        A decoder pooling every position (``contrastive_pool='mean_all'``, openMaMMUT) sees the ids padded to
+        the tokenizer's context length, as the tokenizer lays them out.
+        """
+        context = int(self.tokenizer.context_length)
+        if self.text_decoder.contrastive_pool == 'mean_all' and txt_ids.shape[1] < context:
+            txt_ids = F.pad(txt_ids, (0, context - txt_ids.shape[1]), value=self.tokenizer.pad_token_id)
         return F.normalize(self.text_decoder.forward_contrastive(txt_ids, lengths), dim=-1)
 
     def image_context(self, img_tokens: Tensor) -> Tensor:

@@ -61,6 +61,7 @@ __all__ = [
     'MultiwayOutput',
     'MultiwayTransformer',
     'convert_torchscale_beit3',
+    'torchscale_beit3_name',
 ]
 
 _ATTENTION = ('shared', 'multiway')
@@ -277,7 +278,7 @@ class MultiwayTransformer(BaseModule):
         self.pos_embed_vision = nn.Embedding(self.num_patches + 1 + 2, embed_dim)  # cls + patches, from 2
         self.pos_embed_text = nn.Embedding(max_text_len + 2, embed_dim)
         self.embed_dropout = nn.Dropout(dropout)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()  # also under a meta device
         self.layers = nn.ModuleList(
             MultiwayLayer(
                 dim=embed_dim,
@@ -394,15 +395,25 @@ def convert_torchscale_beit3(state_dict: dict[str, Tensor]) -> dict[str, Tensor]
     """
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
-        name = key.removeprefix('beit3.')
-        if name.startswith('encoder.output_projection.'):
-            continue
-        name = re.sub(r'\.A(\.|$)', r'.vision\1', re.sub(r'\.B(\.|$)', r'.language\1', name))
-        for pattern, replacement in _TS_RENAMES:
-            new, count = re.subn(pattern, replacement, name)
-            if count:
-                out[new] = value
-                break
-        else:
+        name = torchscale_beit3_name(key)
+        if name is None:
             raise ValueError(f'convert_torchscale_beit3: unexpected key {key!r}')
+        if name:
+            out[name] = value
     return out
+
+
+def torchscale_beit3_name(key: str) -> str | None:
+    """Our :class:`MultiwayTransformer` name of one torchscale ``BEiT3`` key (``beit3.`` prefix allowed).
+
+    ``''`` for a key dropped on purpose (``encoder.output_projection``), ``None`` for an unknown one.
+    """
+    name = key.removeprefix('beit3.')
+    if name.startswith('encoder.output_projection.'):
+        return ''
+    name = re.sub(r'\.A(\.|$)', r'.vision\1', re.sub(r'\.B(\.|$)', r'.language\1', name))
+    for pattern, replacement in _TS_RENAMES:
+        new, count = re.subn(pattern, replacement, name)
+        if count:
+            return new
+    return None

@@ -109,10 +109,23 @@ class CrossAttention(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    """Pre-norm block: self-attention, [cross-attention to the image], MLP."""
+    """Pre-norm block: self-attention, [cross-attention to the image], MLP.
+
+    With ``cross_attn_mlp`` a cross-attention layer is laid out as open_clip's ``MultimodalTransformer``:
+    self-attention, [MLP if ``self_mlp``], then cross-attention followed by its own MLP (``cross_mlp``); the
+    cross-attention and its MLP are skipped together when there is no image.
+    """
 
     def __init__(
-        self, dim: int, num_heads: int, mlp_ratio: float, has_cross: bool, drop_path: float, eps: float
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        has_cross: bool,
+        drop_path: float,
+        eps: float,
+        cross_attn_mlp: bool = False,
+        self_mlp: bool = True,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
@@ -122,8 +135,14 @@ class DecoderBlock(nn.Module):
             self.norm_cross = nn.LayerNorm(dim, eps=eps)
             self.norm_kv = nn.LayerNorm(dim, eps=eps)
             self.cross_attn = CrossAttention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.cross_mlp: Mlp | None = None
+        if has_cross and cross_attn_mlp:
+            self.norm_cross_mlp = nn.LayerNorm(dim, eps=eps)
+            self.cross_mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp: Mlp | None = None
+        if self_mlp or not has_cross:
+            self.norm2 = nn.LayerNorm(dim, eps=eps)
+            self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
     def image_kv(self, img_ctx: Tensor) -> tuple[Tensor, Tensor]:
@@ -143,9 +162,17 @@ class DecoderBlock(nn.Module):
             self.norm1(x), attn_mask=attn_mask, is_causal=is_causal, past_kv=past_kv
         )
         x = x + self.drop_path(attn_out)
+        if self.cross_mlp is not None:  # open_clip layout: self-attention [+ MLP], then cross-attention + MLP
+            if self.mlp is not None:
+                x = x + self.drop_path(self.mlp(self.norm2(x)))
+            if img_kv is not None:
+                x = x + self.drop_path(self.cross_attn(self.norm_cross(x), img_kv, img_mask))
+                x = x + self.drop_path(self.cross_mlp(self.norm_cross_mlp(x)))
+            return x, new_kv
         if self.has_cross and img_kv is not None:
             x = x + self.drop_path(self.cross_attn(self.norm_cross(x), img_kv, img_mask))
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        if self.mlp is not None:
+            x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x, new_kv
 
 
@@ -181,6 +208,13 @@ class MaMMUTTextDecoder(BaseModule):
         cross_attn_layers: ``'every_other'`` (default, odd layers), ``'upper_half'``, ``'all'``, ``'none'`` or
             layer indices.
         embed_dim: E, size of ``txt_emb``; ``None`` keeps W (no projection).
+        contrastive_pool: ``'mean'`` (padding keys masked, mean over the real tokens) or ``'mean_all'``
+            (openMaMMUT: no padding mask, mean over every position of the given ids, padding included; the
+            caller pads to the context length).
+        cross_attn_mlp: each cross-attention carries its own MLP, both skipped without an image (open_clip's
+            ``MultimodalTransformer``, openMaMMUT); off: one MLP per layer after the cross-attention.
+        cross_layer_self_mlp: with ``cross_attn_mlp``, layers with cross-attention keep the MLP after the
+            self-attention too (openMaMMUT ``has_mlp``: true for ViT-L-14, false for ViT-B-32).
         tie_embeddings: the LM head reuses the token embedding matrix.
         drop_path_rate: stochastic depth rate, linearly increasing over the layers.
         layer_norm_eps: LayerNorm epsilon.
@@ -202,6 +236,9 @@ class MaMMUTTextDecoder(BaseModule):
         mlp_ratio: float = 4.0,
         cross_attn_layers: str | Sequence[int] = 'every_other',
         embed_dim: int | None = None,
+        contrastive_pool: str = 'mean',
+        cross_attn_mlp: bool = False,
+        cross_layer_self_mlp: bool = True,
         tie_embeddings: bool = True,
         drop_path_rate: float = 0.0,
         layer_norm_eps: float = 1e-5,
@@ -209,6 +246,11 @@ class MaMMUTTextDecoder(BaseModule):
         init_cfg: dict | list[dict] | None = None,
     ) -> None:
         super().__init__(init_cfg=init_cfg)
+        if contrastive_pool not in ('mean', 'mean_all'):
+            raise ValueError(f"contrastive_pool must be 'mean' or 'mean_all', got {contrastive_pool!r}")
+        if not cross_layer_self_mlp and not cross_attn_mlp:
+            raise ValueError('cross_layer_self_mlp=False needs cross_attn_mlp=True (the MLP moves there)')
+        self.contrastive_pool = contrastive_pool
         self.vocab_size = vocab_size
         self.context_length = context_length
         self.width = width
@@ -217,9 +259,18 @@ class MaMMUTTextDecoder(BaseModule):
         self.grad_checkpointing = grad_checkpointing
         self.token_embed = nn.Embedding(vocab_size, width)
         self.pos_embed = nn.Parameter(torch.zeros(1, context_length, width))
-        rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth > 0 else []
+        rates = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist() if depth > 0 else []
         self.blocks = nn.ModuleList(
-            DecoderBlock(width, num_heads, mlp_ratio, i in self.cross_layers, rate, layer_norm_eps)
+            DecoderBlock(
+                width,
+                num_heads,
+                mlp_ratio,
+                i in self.cross_layers,
+                rate,
+                layer_norm_eps,
+                cross_attn_mlp=cross_attn_mlp,
+                self_mlp=cross_layer_self_mlp,
+            )
             for i, rate in enumerate(rates)
         )
         self.norm_final = nn.LayerNorm(width, eps=layer_norm_eps)
@@ -244,7 +295,8 @@ class MaMMUTTextDecoder(BaseModule):
         for name, param in self.named_parameters():
             if (
                 '.cross_attn.' in name
-                or '.norm_cross.' in name
+                or '.cross_mlp.' in name
+                or '.norm_cross' in name
                 or '.norm_kv.' in name
                 or name.startswith('lm_head.')
             ):
@@ -339,7 +391,12 @@ class MaMMUTTextDecoder(BaseModule):
         return self.norm_final(x)
 
     def forward_contrastive(self, txt_ids: Tensor, lengths: Tensor) -> Tensor:
-        """Contrastive pass: bidirectional, no image -> ``txt_emb`` (B, E), not normalised."""
+        """Contrastive pass: bidirectional, no image -> ``txt_emb`` (B, E), not normalised.
+
+        With ``contrastive_pool='mean_all'`` ``lengths`` is not used: every position attends and is pooled.
+        """
+        if self.contrastive_pool == 'mean_all':
+            return self.text_proj(self.encode_tokens(txt_ids, causal=False).mean(dim=1))
         tokens = self.encode_tokens(txt_ids, causal=False, lengths=lengths)
         valid = (torch.arange(txt_ids.shape[1], device=txt_ids.device)[None] < lengths[:, None]).to(
             tokens.dtype

@@ -181,6 +181,8 @@ class MaMMUTViT(BaseModule):
             ``'none'`` (all tokens).
         output_dim: if set, a bias-free linear ``head`` maps the pooled feature to this size (open_clip
             ``proj``).
+        keep_prefix_tokens: :meth:`forward` and :meth:`forward_embedded` return the class token too, first
+            (openMaMMUT pools and cross-attends over all tokens, class token included).
         patch_bias: bias of the patch-embedding conv (open_clip has none).
         patch_stem: ``'linear'`` (a patch_size x patch_size conv, the standard ViT patch embedding) or
             ``'conv'`` (3x3 stride-2 convolutions reaching the same stride, then a 1x1 projection; Xiao
@@ -216,6 +218,7 @@ class MaMMUTViT(BaseModule):
         final_norm: bool = True,
         final_pool: str = 'avg',
         output_dim: int | None = None,
+        keep_prefix_tokens: bool = False,
         patch_bias: bool = True,
         patch_stem: str = 'linear',
         cropped_pos_emb: bool = True,
@@ -262,6 +265,7 @@ class MaMMUTViT(BaseModule):
         num_patches = self.grid_size[0] * self.grid_size[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, embed_dim))
         self.num_prefix_tokens = 1 if class_token else 0
+        self.keep_prefix_tokens = keep_prefix_tokens
         if class_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
             self.cls_pos_embed = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -269,7 +273,7 @@ class MaMMUTViT(BaseModule):
             self.cls_token = None
             self.cls_pos_embed = None
         self.norm_pre = nn.LayerNorm(embed_dim, eps=layer_norm_eps) if pre_norm else nn.Identity()
-        rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth > 0 else []
+        rates = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist() if depth > 0 else []
         self.blocks = nn.ModuleList(
             ViTBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, rate, layer_norm_eps) for rate in rates
         )
@@ -381,18 +385,23 @@ class MaMMUTViT(BaseModule):
 
     def forward_embedded(self, tokens: Tensor) -> Tensor:
         """Run already embedded tokens (B, N, D), position embeddings included (e.g. video tubes), through
-        the class token, blocks and norms -> (B, N, D), class token dropped."""
+        the class token, blocks and norms -> (B, N, D), class token dropped unless ``keep_prefix_tokens``."""
         if self.cls_token is not None:
             cls = (self.cls_token + self.cls_pos_embed).to(tokens.dtype).expand(tokens.shape[0], -1, -1)
             tokens = torch.cat([cls, tokens], dim=1)
         tokens = self.norm_pre(tokens)
         for block in self.blocks:
             tokens = self._run_block(block, tokens)
-        return self.norm(tokens)[:, self.num_prefix_tokens :]
+        return self.norm(tokens)[:, self._first_output_token :]
+
+    @property
+    def _first_output_token(self) -> int:
+        return 0 if self.keep_prefix_tokens else self.num_prefix_tokens
 
     def forward(self, images: Tensor) -> Tensor:
-        """``images`` (B, C, H, W) -> ``img_tokens`` (B, N, D): normed patch tokens, no class token."""
-        return self.forward_all_tokens(images)[:, self.num_prefix_tokens :]
+        """``images`` (B, C, H, W) -> ``img_tokens`` (B, N, D): normed patch tokens, no class token (with
+        ``keep_prefix_tokens``: (B, P + N, D), class token first)."""
+        return self.forward_all_tokens(images)[:, self._first_output_token :]
 
     def forward_pooled(self, images: Tensor) -> Tensor:
         """Pooled image feature (B, D or output_dim) per ``final_pool`` and the optional ``head``."""
