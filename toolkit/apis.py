@@ -20,7 +20,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from torch import nn
 
-from toolkit.checkpoint import load_state_dict_file, strip_prefix
+from toolkit.checkpoint import load_state_dict_file, state_dict_mismatch, strip_prefix
 from toolkit.registry import MODELS
 
 __all__ = ['CheckpointMismatchError', 'init_model', 'load_config', 'load_weights']
@@ -53,22 +53,12 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike[str]) -> None:
     """Load ``checkpoint`` into ``model`` strictly; :class:`CheckpointMismatchError` lists what differs."""
     path = os.fspath(checkpoint)
     state_dict = strip_prefix(load_state_dict_file(path), 'module.')
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong_shape = [
-        f'{key}: checkpoint {tuple(value.shape)}, model {tuple(own[key].shape)}'
-        for key, value in state_dict.items()
-        if key in own and value.shape != own[key].shape
-    ]
-    if missing or unexpected or wrong_shape:
+    mismatch = state_dict_mismatch(state_dict, model.state_dict())
+    if any(mismatch.values()):
+        names = {'missing': 'missing keys', 'unexpected': 'unexpected keys', 'shape': 'shapes differ'}
         parts = [
-            f'{len(items)} {what}: {", ".join(items[:5])}{", ..." if len(items) > 5 else ""}'
-            for what, items in (
-                ('missing keys', missing),
-                ('unexpected keys', unexpected),
-                ('shapes differ', wrong_shape),
-            )
+            f'{len(items)} {names[kind]}: {", ".join(items[:5])}{", ..." if len(items) > 5 else ""}'
+            for kind, items in mismatch.items()
             if items
         ]
         raise CheckpointMismatchError(

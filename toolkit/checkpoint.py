@@ -47,6 +47,7 @@ __all__ = [
     'install_safe_loader',
     'load_converted',
     'load_state_dict_file',
+    'state_dict_mismatch',
     'safe_load',
     'strip_prefix',
     'to_plain',
@@ -141,6 +142,23 @@ def strip_prefix(
         if not nested:
             break
     return out
+
+
+def state_dict_mismatch(
+    tensors: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]
+) -> dict[str, list[str]]:
+    """What keeps ``tensors`` from loading strictly into a model whose state dict is ``target``, each list
+    sorted and empty when it fits: ``missing`` (model keys ``tensors`` does not provide), ``unexpected`` (keys
+    the model lacks) and ``shape`` (``'key: checkpoint (...), model (...)'``)."""
+    return dict(
+        missing=sorted(set(target) - set(tensors)),
+        unexpected=sorted(set(tensors) - set(target)),
+        shape=sorted(
+            f'{key}: checkpoint {tuple(value.shape)}, model {tuple(target[key].shape)}'
+            for key, value in tensors.items()
+            if key in target and tuple(value.shape) != tuple(target[key].shape)
+        ),
+    )
 
 
 def load_converted(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> list[str]:

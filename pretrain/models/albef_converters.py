@@ -47,7 +47,7 @@ from toolkit.checkpoint import strip_prefix
 
 from .bert import convert_hf_bert
 
-__all__ = ['check_shapes', 'convert_albef_checkpoint', 'convert_albef_vit', 'unwrap_albef_checkpoint']
+__all__ = ['convert_albef_checkpoint', 'convert_albef_vit', 'unwrap_albef_checkpoint']
 
 _VIT_BLOCK = re.compile(r'^blocks\.\d+\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$')
 _MLM_HEAD = {
@@ -223,14 +223,3 @@ def convert_albef_checkpoint(
         raise ValueError('not an ALBEF checkpoint: no visual_encoder.* tensors')
     out['num_updates'] = torch.zeros((), dtype=torch.long)  # our step counter (alpha warm-up): a fresh start
     return out, unused
-
-
-def check_shapes(tensors: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> list[str]:
-    """Every key of ``tensors`` absent from ``target`` or of another shape, described."""
-    problems = []
-    for key, value in tensors.items():
-        if key not in target:
-            problems.append(f'{key}: not in the model')
-        elif tuple(value.shape) != tuple(target[key].shape):
-            problems.append(f'{key}: checkpoint {tuple(value.shape)}, model {tuple(target[key].shape)}')
-    return problems

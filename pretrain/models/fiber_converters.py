@@ -38,7 +38,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from toolkit.checkpoint import load_converted, load_state_dict_file, strip_prefix
+from toolkit.checkpoint import load_converted, load_state_dict_file, state_dict_mismatch, strip_prefix
 
 if TYPE_CHECKING:
     from .fiber_backbone import FIBERBackbone
@@ -253,13 +253,11 @@ def _map_roberta(
 
 
 def _check_shapes(tensors: Mapping[str, Tensor], target: Mapping[str, Tensor], what: str) -> None:
-    for name, value in tensors.items():
-        if name not in target:
-            raise ValueError(f'{what}: {name!r} has no counterpart in the model')
-        if tuple(value.shape) != tuple(target[name].shape):
-            raise ValueError(
-                f'{what}: {name!r} has shape {tuple(value.shape)}, the model {tuple(target[name].shape)}'
-            )
+    """``ValueError`` naming every tensor the model lacks and every shape that does not fit."""
+    mismatch = state_dict_mismatch(tensors, target)
+    problems = [f'{key}: no counterpart in the model' for key in mismatch['unexpected']] + mismatch['shape']
+    if problems:
+        raise ValueError(f'{what}: {len(problems)} tensors do not fit:\n  ' + '\n  '.join(problems))
 
 
 def convert_timm_swin(

@@ -38,7 +38,7 @@ from toolkit.checkpoint import strip_prefix
 
 from .converters import convert_open_clip_visual
 
-__all__ = ['OpenMaMMUTConversionError', 'check_shapes', 'convert_openmammut', 'openmammut_cross_layers']
+__all__ = ['OpenMaMMUTConversionError', 'convert_openmammut', 'openmammut_cross_layers']
 
 _SELF_BLOCK = re.compile(r'^text\.resblocks\.(\d+)\.(.+)$')
 _CROSS_BLOCK = re.compile(r'^text\.cross_attn\.(\d+)\.(.+)$')
@@ -199,15 +199,3 @@ def convert_openmammut(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tens
     if problems:
         raise OpenMaMMUTConversionError(problems)
     return out, unused
-
-
-def check_shapes(tensors: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> list[str]:
-    """Problems of loading ``tensors`` into a model whose state dict is ``target``: every key it lacks and
-    every shape that differs (keys the model has and ``tensors`` lacks are not listed)."""
-    problems = []
-    for key, value in tensors.items():
-        if key not in target:
-            problems.append(f'{key}: the model has no such tensor (check the config switches)')
-        elif tuple(value.shape) != tuple(target[key].shape):
-            problems.append(f'{key}: shape {tuple(value.shape)} but the model has {tuple(target[key].shape)}')
-    return problems

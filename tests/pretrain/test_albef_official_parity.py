@@ -195,3 +195,18 @@ def test_retrieval_config_preprocessing_matches_official() -> None:
     txt_ids, txt_mask = TOKENIZERS.build(tok_cfg).ids_and_mask(captions, trim=False)
     assert txt_ids.tolist() == prep['input_ids']
     assert txt_mask.long().tolist() == prep['attention_mask']
+
+
+def test_converter_script_refuses_a_config_the_checkpoint_does_not_fit(tmp_path: Path) -> None:
+    """The reduced official model against the Shapes World ALBEF config: every differing shape is named."""
+    script = REPO / 'tools/model_converters/albef_to_toolkit.py'
+    config = REPO / 'configs/albef/albef_vit-tiny-bert-tiny_1xb32-20e_shapes.py'
+    dst = tmp_path / 'albef.safetensors'
+    run = subprocess.run(
+        [sys.executable, str(script), str(FIXTURE / 'retrieval_official.safetensors'), str(dst),
+         '--config', str(config)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert run.returncode == 1 and not dst.exists()
+    assert f'does not fit {config}' in run.stderr
+    assert 'shape: visual_encoder.pos_embed: checkpoint (1, 16, 24), model (1, 64, 192)' in run.stderr

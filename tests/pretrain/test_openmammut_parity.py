@@ -19,12 +19,11 @@ from safetensors.torch import load_file
 from pretrain.models.losses import contrastive_logits
 from pretrain.models.openmammut_converters import (
     OpenMaMMUTConversionError,
-    check_shapes,
     convert_openmammut,
     openmammut_cross_layers,
 )
 from toolkit.apis import init_model
-from toolkit.checkpoint import load_converted
+from toolkit.checkpoint import load_converted, state_dict_mismatch
 from toolkit.registry import MODELS, TOKENIZERS
 
 FIXTURE = Path(__file__).resolve().parents[1] / 'fixtures' / 'openmammut'
@@ -40,7 +39,7 @@ def _converted_model(variant: str):
     tensors, unused = convert_openmammut(load_file(str(FIXTURE / f'{variant}.safetensors')))
     assert unused == {}
     model = MODELS.build(Config.fromfile(str(FIXTURE / f'openmammut_{variant}-tiny_shapes.py')).model)
-    assert check_shapes(tensors, model.state_dict()) == []
+    assert state_dict_mismatch(tensors, model.state_dict()) == dict(missing=[], unexpected=[], shape=[])
     assert load_converted(model, tensors) == []  # every tensor of our model comes from the checkpoint
     return model.eval()
 
@@ -135,9 +134,7 @@ def test_released_size_config_takes_every_official_tensor(name: str) -> None:
     cfg = Config.fromfile(str(REPO / RELEASED[name]))
     with torch.device('meta'):
         model = MODELS.build(cfg.model)
-    target = model.state_dict()
-    assert check_shapes(tensors, target) == []
-    assert sorted(set(target) - set(tensors)) == []
+    assert state_dict_mismatch(tensors, model.state_dict()) == dict(missing=[], unexpected=[], shape=[])
 
 
 def test_converter_script_roundtrip(tmp_path: Path, run_tool) -> None:

@@ -9,8 +9,9 @@ head ``text_encoder.cls.*``) and retrieval (``mscoco.pth``, ``flickr30k.pth``: `
 ``idx_queue``). The momentum copies (``*_m``) and the queues are kept: our model has both. The key map lives
 in :mod:`pretrain.models.albef_converters`. DST is written as ``.safetensors`` or, for any other extension, a
 torch file of the bare state dict. ``--strict`` (default) fails naming every source key that cannot be mapped;
-``--no-strict`` converts what maps and lists the rest. Shapes are checked when the result is loaded
-(``toolkit.apis.init_model`` names every missing key and every shape that does not fit).
+``--no-strict`` converts what maps and lists the rest. ``--config`` checks the result against that config's
+model first, naming every key it lacks or does not provide and every shape that does not fit (without it,
+``toolkit.apis.init_model`` does the same when the result is loaded).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 from pretrain.models.albef_converters import convert_albef_checkpoint
-from toolkit.checkpoint import load_state_dict_file, strip_prefix
+from toolkit.checkpoint import load_state_dict_file, state_dict_mismatch, strip_prefix
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         help='resize the position embeddings (bicubic, as ALBEF) to this image size (patch 16)',
     )
     parser.add_argument('--patch-size', type=int, default=16, help='ViT patch size (ALBEF 16)')
+    parser.add_argument('--config', help="check the result against this config's model")
     args = parser.parse_args(argv)
     source = strip_prefix(
         load_state_dict_file(args.src, wrappers=('model', 'module', 'state_dict')), 'module.'
@@ -66,6 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
+    if args.config:
+        from toolkit.apis import init_model
+
+        mismatch = state_dict_mismatch(tensors, init_model(args.config).state_dict())
+        if problems := [f'{kind}: {item}' for kind, items in mismatch.items() for item in items]:
+            print(
+                f'error: {args.src} does not fit {args.config}:\n  ' + '\n  '.join(problems), file=sys.stderr
+            )
+            return 1
     dst = Path(args.dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.contiguous() for key, value in tensors.items()}

@@ -22,17 +22,22 @@ import sys
 
 import torch
 
-from pretrain.models.openmammut_converters import OpenMaMMUTConversionError, check_shapes, convert_openmammut
-from toolkit.checkpoint import load_state_dict_file
+from pretrain.models.openmammut_converters import OpenMaMMUTConversionError, convert_openmammut
+from toolkit.checkpoint import load_state_dict_file, state_dict_mismatch
 
 
 def _check_against_config(tensors: dict[str, torch.Tensor], config: str) -> list[str]:
     from toolkit.apis import init_model
 
-    target = init_model(config).state_dict()
-    problems = check_shapes(tensors, target)
-    problems += [f'{key}: the checkpoint does not provide it' for key in sorted(set(target) - set(tensors))]
-    return problems
+    mismatch = state_dict_mismatch(tensors, init_model(config).state_dict())
+    return [
+        *(
+            f'{key}: the model has no such tensor (check the config switches)'
+            for key in mismatch['unexpected']
+        ),
+        *mismatch['shape'],
+        *(f'{key}: the checkpoint does not provide it' for key in mismatch['missing']),
+    ]
 
 
 def main() -> None:
