@@ -49,6 +49,7 @@ __all__ = [
     'load_state_dict_file',
     'state_dict_mismatch',
     'safe_load',
+    'save_state_dict_file',
     'strip_prefix',
     'to_plain',
     'verify_checkpoint',
@@ -142,6 +143,23 @@ def strip_prefix(
         if not nested:
             break
     return out
+
+
+def save_state_dict_file(
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None = None
+) -> None:
+    """Write a bare state dict: ``.safetensors`` (with ``metadata``) by the extension, else a torch file
+    (loadable with ``weights_only``). Tensors are saved as contiguous CPU copies (safetensors keeps no shared
+    or sliced storage); the folder is created."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    plain = {key: value.detach().cpu().contiguous().clone() for key, value in tensors.items()}
+    if path.endswith('.safetensors'):
+        from safetensors.torch import save_file
+
+        save_file(plain, path, metadata=metadata)
+    else:
+        torch.save(plain, path)
 
 
 def state_dict_mismatch(

@@ -13,13 +13,11 @@ import os
 
 import torch
 
-from toolkit.checkpoint import safe_load, strip_prefix
+from toolkit.checkpoint import safe_load, save_state_dict_file, strip_prefix
 
 
 def export_weights(checkpoint: str, out: str, *, ema: bool = False) -> dict[str, torch.Tensor]:
     """Write ``checkpoint``'s model weights to ``out`` (safetensors); return them."""
-    from safetensors.torch import save_file
-
     ckpt = safe_load(checkpoint)
     key = 'ema_state_dict' if ema else 'state_dict'
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get(key), dict):
@@ -27,15 +25,11 @@ def export_weights(checkpoint: str, out: str, *, ema: bool = False) -> dict[str,
     state = ckpt[key]
     if ema:  # EMAHook's ExponentialMovingAverage keeps 'module.' names and a step counter
         state = strip_prefix({k: v for k, v in state.items() if k != 'steps'}, 'module.')
-    # safetensors stores each tensor's own storage: tied or sliced tensors are copied to contiguous ones.
-    tensors = {
-        k: v.detach().cpu().contiguous().clone() for k, v in state.items() if isinstance(v, torch.Tensor)
-    }
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     skipped = sorted(set(state) - set(tensors))
     if skipped:
         raise ValueError(f'{checkpoint}: {key} holds non-tensor entries {skipped[:5]}')
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    save_file(tensors, out, metadata={'source': os.path.basename(checkpoint), 'weights': key})
+    save_state_dict_file(tensors, out, metadata={'source': os.path.basename(checkpoint), 'weights': key})
     return tensors
 
 

@@ -20,10 +20,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from pretrain.models.albef_converters import convert_albef_checkpoint
-from toolkit.checkpoint import load_state_dict_file, state_dict_mismatch, strip_prefix
+from toolkit.checkpoint import load_state_dict_file, save_state_dict_file, state_dict_mismatch, strip_prefix
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,14 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
     dst = Path(args.dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {key: value.contiguous() for key, value in tensors.items()}
-    if dst.suffix == '.safetensors':
-        from safetensors.torch import save_file
-
-        save_file(tensors, str(dst))
-    else:
-        torch.save(tensors, dst)
+    save_state_dict_file(tensors, dst, metadata={'source': Path(args.src).name})
     for key, why in sorted(skipped.items()):
         print(f'skipped {key}: {why}')
     print(f'converted {len(tensors)} tensors of {args.src} -> {dst}')

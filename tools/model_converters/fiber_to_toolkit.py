@@ -29,7 +29,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 from pretrain.models.fiber_converters import UNRECOGNISED, convert_fiber_state_dict
-from toolkit.checkpoint import load_state_dict_file
+from toolkit.checkpoint import load_state_dict_file, save_state_dict_file
 from toolkit.registry import MODELS
 
 DEFAULT_CONFIG = 'configs/fiber/fiber_swin-b-roberta-base_64xb64-100k_coco-cc3m-coarse-pretrain_released.py'
@@ -70,16 +70,11 @@ def convert(src: str, dst: str, *, config: str, strict: bool = True) -> dict[str
             raise SystemExit(message + '\n(--no-strict writes what maps)')
         print(f'warning (--no-strict): {message}', file=sys.stderr)
         tensors = {k: v for k, v in tensors.items() if k in target and tuple(v.shape) == target[k]}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    os.makedirs(os.path.dirname(os.path.abspath(dst)) or '.', exist_ok=True)
-    if dst.endswith('.safetensors'):
-        from safetensors.torch import save_file
-
-        save_file(tensors, dst, metadata={'source': os.path.basename(src), 'converter': Path(__file__).name})
-    elif dst.endswith(('.pth', '.pt')):
-        torch.save(tensors, dst)
-    else:
+    if not dst.endswith(('.safetensors', '.pth', '.pt')):
         raise SystemExit(f'{dst}: the destination must end in .safetensors or .pth')
+    save_state_dict_file(
+        tensors, dst, metadata={'source': os.path.basename(src), 'converter': Path(__file__).name}
+    )
     print(f'wrote {len(tensors)} tensors to {dst}')
     return tensors
 

@@ -23,7 +23,7 @@ import sys
 import torch
 
 from pretrain.models.openmammut_converters import OpenMaMMUTConversionError, convert_openmammut
-from toolkit.checkpoint import load_state_dict_file, state_dict_mismatch
+from toolkit.checkpoint import load_state_dict_file, save_state_dict_file, state_dict_mismatch
 
 
 def _check_against_config(tensors: dict[str, torch.Tensor], config: str) -> list[str]:
@@ -61,14 +61,9 @@ def main() -> None:
         if args.strict:
             sys.exit(f'source tensors left out (pass --no-strict to accept):\n  {listing}')
         print(f'left out:\n  {listing}')
-    tensors = {key: value.detach().contiguous().clone() for key, value in tensors.items()}
-    os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
-    if args.dst.endswith('.safetensors'):
-        from safetensors.torch import save_file
-
-        save_file(tensors, args.dst, metadata={'source': os.path.basename(args.src), 'format': 'openmammut'})
-    else:
-        torch.save(tensors, args.dst)
+    save_state_dict_file(
+        tensors, args.dst, metadata={'source': os.path.basename(args.src), 'format': 'openmammut'}
+    )
     print(f'{len(tensors)} tensors written to {args.dst}')
 
 
