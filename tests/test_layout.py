@@ -9,7 +9,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ('toolkit', 'pretrain', 'detection', 'video')
 MAX_LINES = 600
-# sys.path.insert(...), .append(...), sys.path[...] = ..., sys.path += ..., sys.path = ..., pytest's
+# insert or append calls on sys.path, sys.path[...] = ..., sys.path += ..., sys.path = ..., pytest's
 # monkeypatch.syspath_prepend(...)
 SYS_PATH_EDIT = re.compile(
     r'sys\.path\s*(\.\s*(insert|append|extend|remove|pop|clear)\s*\(|\[|\+=|=[^=])|syspath_prepend'

@@ -8,50 +8,18 @@
 # 16 x 16 position grid resized to 24 x 24 bicubically, as ALBEF's Retrieval.py does).
 # Needs the bert-base-uncased tokenizer.json (no BERT weights: they come from the checkpoint).
 _base_ = [
+    '../_base_/models/albef_vit-b16-bert-base.py',
     '../_base_/datasets/coco_caption.py',
     '../_base_/default_runtime.py',
 ]
-bert = 'data/pretrained/bert-base-uncased/'
 img_size = 384  # Retrieval_coco.yaml image_res
 max_epochs = 5  # Retrieval_coco.yaml
 load_from = 'data/pretrained/albef/ALBEF_384.safetensors'  # converted ALBEF.pth (see above)
 model = dict(
-    type='ALBEF',
-    data_preprocessor=dict(
-        type='ImgDataPreprocessor',
-        mean=[122.771, 116.746, 104.094],  # ALBEF's Normalize((0.48145466, 0.4578275, 0.40821073), ...) x 255
-        std=[68.501, 66.632, 70.323],  # (0.26862954, 0.26130258, 0.27577711) x 255
-        bgr_to_rgb=True,
-    ),
-    image_encoder=dict(
-        type='MaMMUTViT',
-        img_size=img_size,
-        patch_size=16,
-        embed_dim=768,
-        depth=12,
-        num_heads=12,
-        class_token=True,
-        final_pool='tok',
-        cropped_pos_emb=False,
-        layer_norm_eps=1e-6,  # timm / DeiT
-    ),
-    text_encoder=dict(
-        hidden_size=768,
-        num_layers=12,
-        num_text_layers=6,  # config_bert.json fusion_layer 6
-        num_heads=12,
-        ffn_dim=3072,
-        max_positions=512,
-    ),
-    tokenizer=dict(type='HFTokenizer', path=bert + 'tokenizer.json', context_length=30),  # max_length 30
-    mask_token_id=103,  # bert-base-uncased [MASK]: the vocabulary stays BERT's 30,522 rows
+    image_encoder=dict(img_size=img_size),
     with_mlm=False,  # models/model_retrieval.py: ITC + ITM, no MLM head
-    embed_dim=256,
     queue_size=65536,  # Retrieval_coco.yaml: the released checkpoint's queues load as they are
-    momentum=0.995,
-    alpha=0.4,
     alpha_warmup_iters=0,  # Retrieval.py ramps alpha over the first epoch only when warm_up; set per run
-    temperature_init=0.07,
     itm_eval_batch_size=128,
 )
 # ALBEF's test transform: Resize((384, 384), BICUBIC) by PIL, ToTensor, Normalize; captions pre_caption(30).

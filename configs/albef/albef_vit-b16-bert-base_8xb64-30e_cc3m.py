@@ -3,52 +3,24 @@
 # Needs local weights: a DeiT-B/16 ImageNet checkpoint converted to MaMMUTViT keys (set model.image_encoder's
 # init_cfg) and a HuggingFace bert-base-uncased folder (config.json, model.safetensors, tokenizer.json).
 _base_ = [
+    '../_base_/models/albef_vit-b16-bert-base.py',
     '../_base_/datasets/cc3m.py',
     '../_base_/default_runtime.py',
 ]
-bert = 'data/pretrained/bert-base-uncased/'
+bert = 'data/pretrained/bert-base-uncased/'  # the base model's (text_pretrained: its weights)
 img_size = 256  # ALBEF pretrains at 256 x 256 (random crops), fine-tunes retrieval at 384
 max_epochs = 30
 model = dict(
-    type='ALBEF',
-    data_preprocessor=dict(
-        type='ImgDataPreprocessor',
-        mean=[122.771, 116.746, 104.094],  # ALBEF normalises with CLIP's RGB statistics x 255
-        std=[68.501, 66.632, 70.323],
-        bgr_to_rgb=True,
-    ),
     image_encoder=dict(
-        type='MaMMUTViT',
         img_size=img_size,
-        patch_size=16,
-        embed_dim=768,
-        depth=12,
-        num_heads=12,
-        class_token=True,
-        final_pool='tok',
-        cropped_pos_emb=False,
-        layer_norm_eps=1e-6,  # DeiT / timm
         drop_path_rate=0.1,  # ALBEF's VisionTransformer
         grad_checkpointing=False,  # True recomputes blocks in the backward pass (memory for ~1 more forward)
     ),
     text_encoder=dict(
-        hidden_size=768,
-        num_layers=12,
-        num_text_layers=6,  # ALBEF: BERT's first 6 layers encode text, the last 6 fuse
-        num_heads=12,
-        ffn_dim=3072,
-        max_positions=512,
         grad_checkpointing=False,  # as the image encoder's (momentum copies never recompute: no gradients)
     ),
     text_pretrained=bert,
-    tokenizer=dict(type='HFTokenizer', path=bert + 'tokenizer.json', context_length=30),  # ALBEF max_words 30
-    mask_token_id=103,  # bert-base-uncased [MASK]
-    embed_dim=256,
-    queue_size=65536,
-    momentum=0.995,
-    alpha=0.4,
     alpha_warmup_iters=6300,  # the first epoch: ~3.3M CC3M pairs / 512
-    temperature_init=0.07,
     itc_loss=dict(type='DistilledContrastiveLoss', loss_weight=1.0),
     itm_loss=dict(type='ITMLoss', loss_weight=1.0),
     mlm_loss=dict(
